@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The Store: holds and fencing-token reservations on disk. It knows nothing
+ * of waiters or of the bus.
+ *
+ * Two directories, each opened once (O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC) and
+ * every file opened relative to that fd with O_NOFOLLOW:
+ *   - the lock directory: persistent holds and the token reservation; every
+ *     write is durable (temp file, fsync, rename, fsync of the directory);
+ *   - the runtime directory: connection and fd holds; written atomically
+ *     (temp file, rename), not fsynced: they must not outlive a reboot.
+ *
+ * One file per hold, named "<stem>@<token>" (stem from
+ * resource_name_to_file_stem()), a GKeyFile a human can `cat`:
+ *
+ *   [Hold]
+ *   Resource=db
+ *   Mode=exclusive
+ *   Scope=persistent
+ *   Token=17
+ *   UID=1000
+ *   PID=4242
+ *   Comm=psql
+ *   Sender=:1.42
+ *   BusID=0123456789abcdef0123456789abcdef
+ *   Since=1763812345000000
+ *   Expires=0
+ *   TTL=0
+ *   Description=nightly backup
+ *
+ * The token reservation is the file "tokens" in the lock directory: one
+ * decimal line, the highest token that may have been handed out.
+ *
+ * Files whose name starts with '.' are the store's own (temp files, the
+ * ".quarantine" directory); files that cannot be parsed are moved into
+ * ".quarantine/" of their directory, logged, and skipped.
+ *
+ * The store takes an exclusive flock() on the lock directory at open, so two
+ * daemons never write one directory: store_open() blocks until it gets it. */
+
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "hold.h"
+#include "macro.h"
+
+typedef struct Store Store;
+
+/* Opens (creating if missing, mode 0755) both directories and locks the
+ * lock directory. Returns 0 or a negative errno (logged by the caller). */
+int store_open(const char *lock_directory, const char *runtime_directory, Store **ret);
+Store *store_free(Store *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_free);
+
+const char *store_lock_directory(const Store *s);
+const char *store_runtime_directory(const Store *s);
+
+/* Writes the hold's file (persistent → lock directory, durable; connection
+ * and fd → runtime directory). On failure nothing is left behind (the temp
+ * file is removed) and a negative errno is returned. */
+int store_save_hold(Store *s, const Hold *h);
+
+/* Removes the hold's file (fsync of the directory for persistent holds).
+ * -ENOENT if it is already gone. */
+int store_remove_hold(Store *s, const Hold *h);
+
+/* Reads every hold file of both directories. Unparsable or inconsistent
+ * files (wrong name for their contents, invalid resource name, unknown mode
+ * or scope, a persistent hold in the runtime directory, …) are moved to
+ * ".quarantine/" and logged; they never fail the load. Returns 0 and an
+ * array of Hold* (free function set) in ret, or a negative errno if a
+ * directory cannot be read at all. */
+int store_load_holds(Store *s, GPtrArray **ret);
+
+/* Reads the token reservation: 0 if the file does not exist yet (a fresh
+ * directory). -EBADMSG if it exists but cannot be parsed: the caller must
+ * not guess a value, tokens would go backwards. */
+int store_read_token_reservation(Store *s, uint64_t *ret);
+
+/* Durably records that tokens up to and including `upto` may be handed out. */
+int store_write_token_reservation(Store *s, uint64_t upto);
