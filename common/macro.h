@@ -5,7 +5,10 @@
  * cleanup and explicit ownership hand-over, in the style of systemd. */
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
@@ -51,10 +54,29 @@ static inline void closep(int *fd) {
                 _fd_;                                           \
         })
 
+#define UID_FMT "%" PRIu32
+#define PID_FMT "%" PRIi32
+
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
 #define STRINGIFY(x) #x
 #define STRINGIFY_VALUE(x) STRINGIFY(x)
+
+#define streq(a, b) (strcmp((a), (b)) == 0)
+
+/* IN_SET(x, a, b, …): x equals one of the values. */
+#define IN_SET(x, first, ...)                                   \
+        ({                                                      \
+                const __typeof__(first) _set_[] = { first, __VA_ARGS__ }; \
+                const __typeof__(x) _x_ = (x);                  \
+                bool _found_ = false;                           \
+                for (size_t _i_ = 0; _i_ < ELEMENTSOF(_set_); _i_++) \
+                        if (_set_[_i_] == _x_) {                \
+                                _found_ = true;                 \
+                                break;                          \
+                        }                                       \
+                _found_;                                        \
+        })
 
 static inline const char *strempty(const char *s) {
         return s ? s : "";

@@ -59,3 +59,7 @@ Hold *hold_free(Hold *h) {
         g_free(h);
         return NULL;
 }
+
+void hold_destroy(void *h) {
+        hold_free(h);
+}

@@ -52,6 +52,8 @@ typedef struct Hold {
 Hold *hold_new(void);
 Hold *hold_free(Hold *h);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Hold *, hold_free);
+/* hold_free() with the signature of a GDestroyNotify, for GLib containers. */
+void hold_destroy(void *h);
 
 const char *lock_mode_to_string(LockMode m) _pure_;
 LockMode lock_mode_from_string(const char *s) _pure_;

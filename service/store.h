@@ -49,7 +49,8 @@
 typedef struct Store Store;
 
 /* Opens (creating if missing, mode 0755) both directories and locks the
- * lock directory. Returns 0 or a negative errno (logged by the caller). */
+ * lock directory. -EINVAL if both are the same directory. Returns 0 or a
+ * negative errno (logged by the caller). */
 int store_open(const char *lock_directory, const char *runtime_directory, Store **ret);
 Store *store_free(Store *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_free);
@@ -59,7 +60,8 @@ const char *store_runtime_directory(const Store *s);
 
 /* Writes the hold's file (persistent → lock directory, durable; connection
  * and fd → runtime directory). On failure nothing is left behind (the temp
- * file is removed) and a negative errno is returned. */
+ * file is removed) and a negative errno is returned; -EINVAL for a hold the
+ * loader would reject, so a saved hold is never quarantined later. */
 int store_save_hold(Store *s, const Hold *h);
 
 /* Removes the hold's file (fsync of the directory for persistent holds).
@@ -71,7 +73,9 @@ int store_remove_hold(Store *s, const Hold *h);
  * or scope, a persistent hold in the runtime directory, …) are moved to
  * ".quarantine/" and logged; they never fail the load. Returns 0 and an
  * array of Hold* (free function set) in ret, or a negative errno if a
- * directory cannot be read at all. */
+ * directory cannot be read at all. Strings of loaded holds are never NULL.
+ * Stale temp files (".tmp-*", left by a crash mid-write) are deleted: only
+ * the holder of the directory lock writes there. */
 int store_load_holds(Store *s, GPtrArray **ret);
 
 /* Reads the token reservation: 0 if the file does not exist yet (a fresh

@@ -1,0 +1,475 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <string.h>
+
+#include "bus-manager.h"
+#include "lockbus-names.h"
+#include "log.h"
+#include "manager.h"
+#include "resource-name.h"
+
+#include "config.h"
+
+/* The options of Acquire/AcquireFd, as parsed from a{sv}. */
+typedef struct AcquireOptions {
+        LockMode mode;
+        HoldScope scope;
+        uint64_t timeout_usec;
+        uint64_t ttl_usec;
+        char *description;
+} AcquireOptions;
+
+static void acquire_options_done(AcquireOptions *o) {
+        free(o->description);
+}
+
+static int bus_error_invalid_option(sd_bus_error *error, const char *name, const char *fmt_reason, const char *value) {
+        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Invalid option '%s': %s%s%s", name,
+                                 fmt_reason, value ? " " : "", strempty(value));
+}
+
+/* Enters the variant of option `name` if it holds `type`, else fails naming
+ * the option. */
+static int enter_option_variant(sd_bus_message *message, const char *name, const char *type, sd_bus_error *error) {
+        const char *contents;
+        int r;
+
+        r = sd_bus_message_peek_type(message, NULL, &contents);
+        if (r < 0)
+                return r;
+        if (!streq(contents, type))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid option '%s': expected a variant of type '%s', got '%s'",
+                                         name, type, contents);
+        return sd_bus_message_enter_container(message, 'v', type);
+}
+
+static int read_string_option(sd_bus_message *message, const char *name, const char **ret, sd_bus_error *error) {
+        int r;
+
+        r = enter_option_variant(message, name, "s", error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_basic(message, 's', ret);
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(message);
+}
+
+static int read_u64_option(sd_bus_message *message, const char *name, uint64_t *ret, sd_bus_error *error) {
+        int r;
+
+        r = enter_option_variant(message, name, "t", error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_basic(message, 't', ret);
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(message);
+}
+
+static int parse_one_option(sd_bus_message *message, const char *name, bool allow_scope,
+                            AcquireOptions *o, sd_bus_error *error) {
+        const char *s;
+        int r;
+
+        if (streq(name, "mode")) {
+                r = read_string_option(message, name, &s, error);
+                if (r < 0)
+                        return r;
+                o->mode = lock_mode_from_string(s);
+                if (o->mode < 0)
+                        return bus_error_invalid_option(error, name, "expected 'exclusive' or 'shared', got", s);
+
+        } else if (streq(name, "scope") && allow_scope) {
+                r = read_string_option(message, name, &s, error);
+                if (r < 0)
+                        return r;
+                o->scope = hold_scope_from_string(s);
+                if (!IN_SET(o->scope, HOLD_SCOPE_CONNECTION, HOLD_SCOPE_PERSISTENT))
+                        return bus_error_invalid_option(error, name, "expected 'connection' or 'persistent', got", s);
+
+        } else if (streq(name, "timeout"))
+                return read_u64_option(message, name, &o->timeout_usec, error);
+
+        else if (streq(name, "ttl"))
+                return read_u64_option(message, name, &o->ttl_usec, error);
+
+        else if (streq(name, "description")) {
+                r = read_string_option(message, name, &s, error);
+                if (r < 0)
+                        return r;
+                if (strlen(s) > LOCKBUS_DESCRIPTION_MAX)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Invalid option 'description': longer than %u bytes",
+                                                 LOCKBUS_DESCRIPTION_MAX);
+                free(o->description);
+                o->description = strdup(s);
+                if (!o->description)
+                        return -ENOMEM;
+
+        } else
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%s'", name);
+
+        return 0;
+}
+
+static int parse_acquire_options(sd_bus_message *message, bool allow_scope, AcquireOptions *o, sd_bus_error *error) {
+        g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        int r;
+
+        r = sd_bus_message_enter_container(message, 'a', "{sv}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(message, 'e', "sv")) > 0) {
+                const char *name;
+
+                r = sd_bus_message_read_basic(message, 's', &name);
+                if (r < 0)
+                        return r;
+                if (!g_hash_table_add(seen, g_strdup(name)))
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Option '%s' given twice", name);
+
+                r = parse_one_option(message, name, allow_scope, o, error);
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_exit_container(message);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_exit_container(message);
+}
+
+static int read_resource(sd_bus_message *message, const char **ret, sd_bus_error *error) {
+        const char *resource;
+        int r;
+
+        r = sd_bus_message_read(message, "s", &resource);
+        if (r < 0)
+                return r;
+        if (!resource_name_is_valid(resource))
+                return sd_bus_error_set(error, LOCKBUS_ERROR_INVALID_RESOURCE,
+                                        "Invalid resource name: it must be 1-255 bytes of UTF-8 "
+                                        "without control characters");
+        *ret = resource;
+        return 0;
+}
+
+static int get_caller(Manager *m, sd_bus_message *message, const Peer **ret, sd_bus_error *error) {
+        int r;
+
+        r = peer_registry_get_sender(m->peers, message, ret);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to get the credentials of %s: %m",
+                                  strempty(sd_bus_message_get_sender(message)));
+                return sd_bus_error_set_errnof(error, r, "Failed to determine the caller's identity: %m");
+        }
+        return 0;
+}
+
+static void log_refusal(const Peer *caller, const char *method, const sd_bus_error *error) {
+        log_info("Refused %s from uid " UID_FMT " (pid " PID_FMT ", %s, %s): %s",
+                 method, caller->uid, caller->pid, caller->comm, caller->name, error->message);
+}
+
+static int set_error_locked_by(sd_bus_error *error, const char *resource, const Hold *holder) {
+        return sd_bus_error_setf(error, LOCKBUS_ERROR_ALREADY_LOCKED,
+                                 "Resource '%s' already locked by uid " UID_FMT " (pid " PID_FMT ", %s)",
+                                 resource, holder->uid, holder->pid, strempty(holder->comm));
+}
+
+static int acquire_and_reply(Manager *m, sd_bus_message *message, const Peer *caller,
+                             const LockRequest *req, const AcquireOptions *o, sd_bus_error *error) {
+        const Hold *hold = NULL;
+        int r;
+
+        r = manager_acquire(m, caller, req, &hold);
+        switch (r) {
+        case 0:
+                return sd_bus_reply_method_return(message, "t", hold->token);
+
+        case -EBUSY:
+                if (o && o->timeout_usec > 0)
+                        sd_bus_error_setf(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                          "Resource '%s' is locked by uid " UID_FMT " (pid " PID_FMT ", %s) "
+                                          "and waiting (option 'timeout' > 0) is not supported yet",
+                                          req->resource, hold->uid, hold->pid, strempty(hold->comm));
+                else
+                        set_error_locked_by(error, req->resource, hold);
+                break;
+
+        case -EALREADY:
+                set_error_locked_by(error, req->resource, hold);
+                break;
+
+        default:
+                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to store the lock on '%s' in %s: %s",
+                                  req->resource,
+                                  req->scope == HOLD_SCOPE_PERSISTENT ? store_lock_directory(m->store)
+                                                                      : store_runtime_directory(m->store),
+                                  strerror(-r));
+        }
+
+        log_refusal(caller, "lock", error);
+        return -sd_bus_error_get_errno(error);
+}
+
+static int method_lock(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const Peer *caller;
+        const char *resource;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+
+        LockRequest req = {
+                .resource = resource,
+                .mode = LOCK_MODE_EXCLUSIVE,
+                .scope = HOLD_SCOPE_PERSISTENT,
+        };
+        return acquire_and_reply(m, message, caller, &req, NULL, error);
+}
+
+static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(acquire_options_done) AcquireOptions o = {
+                .mode = LOCK_MODE_EXCLUSIVE,
+                .scope = HOLD_SCOPE_CONNECTION,
+        };
+        Manager *m = userdata;
+        const Peer *caller;
+        const char *resource;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = parse_acquire_options(message, /* allow_scope= */ true, &o, error);
+        if (r < 0)
+                return r;
+        if (o.ttl_usec > 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                        "Option 'ttl' > 0 is not supported yet");
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+
+        LockRequest req = {
+                .resource = resource,
+                .mode = o.mode,
+                .scope = o.scope,
+                .description = o.description,
+        };
+        return acquire_and_reply(m, message, caller, &req, &o, error);
+}
+
+static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const GQueue *holds;
+        const Peer *caller;
+        const char *resource;
+        Hold *h;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+
+        h = lock_table_find_owned(m->table, resource, caller->uid, caller->name);
+        if (!h) {
+                holds = lock_table_get_holds(m->table, resource);
+                if (!holds)
+                        sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
+                else {
+                        const Hold *first = holds->head->data;
+
+                        sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_OWNER,
+                                          "Resource '%s' locked by uid " UID_FMT " cannot be unlocked by uid " UID_FMT,
+                                          resource, first->uid, caller->uid);
+                }
+                log_refusal(caller, "unlock", error);
+                return -sd_bus_error_get_errno(error);
+        }
+
+        r = manager_release(m, h, "Released (unlocked)");
+        if (r < 0) {
+                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to remove the lock on '%s' from %s: %s",
+                                  resource, store_lock_directory(m->store), strerror(-r));
+                log_refusal(caller, "unlock", error);
+                return r;
+        }
+
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+/* Appends one holder as (uusstttss). */
+static int append_holder(sd_bus_message *reply, const Hold *h) {
+        return sd_bus_message_append(reply, "uusstttss",
+                                     (uint32_t) h->uid, (uint32_t) h->pid, strempty(h->comm), strempty(h->sender),
+                                     h->token, h->since_usec, h->expires_usec,
+                                     hold_scope_to_string(h->scope), strempty(h->description));
+}
+
+static int method_owner(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        const GQueue *holds;
+        const char *resource;
+        const Hold *first;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+
+        holds = lock_table_get_holds(m->table, resource);
+        if (!holds)
+                return sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
+        first = holds->head->data;
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(reply, "s", lock_mode_to_string(first->mode));
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(uusstttss)");
+        if (r < 0)
+                return r;
+        for (GList *l = holds->head; l; l = l->next) {
+                r = sd_bus_message_open_container(reply, 'r', "uusstttss");
+                if (r < 0)
+                        return r;
+                r = append_holder(reply, l->data);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_close_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_locks(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        g_autoptr(GPtrArray) holds = NULL;
+        Manager *m = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(ssuusstttss)");
+        if (r < 0)
+                return r;
+
+        holds = lock_table_list(m->table);
+        for (guint i = 0; i < holds->len; i++) {
+                const Hold *h = holds->pdata[i];
+
+                r = sd_bus_message_open_container(reply, 'r', "ssuusstttss");
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append(reply, "ss", h->resource, lock_mode_to_string(h->mode));
+                if (r < 0)
+                        return r;
+                r = append_holder(reply, h);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_close_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return sd_bus_message_append(reply, "s", PACKAGE_VERSION);
+}
+
+static int property_get_lock_directory(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "s", store_lock_directory(m->store));
+}
+
+static int property_get_lock_count(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "u", (uint32_t) lock_table_resource_count(m->table));
+}
+
+static int property_get_waiter_count(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        /* Nobody can wait yet: a conflicting request fails at once. */
+        return sd_bus_message_append(reply, "u", (uint32_t) 0);
+}
+
+static const sd_bus_vtable manager_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+
+        SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("LockDirectory", "s", property_get_lock_directory, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("LockCount", "u", property_get_lock_count, 0, 0),
+        SD_BUS_PROPERTY("WaiterCount", "u", property_get_waiter_count, 0, 0),
+
+        SD_BUS_METHOD_WITH_ARGS("Lock",
+                                SD_BUS_ARGS("s", resource),
+                                SD_BUS_RESULT("t", token),
+                                method_lock,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Acquire",
+                                SD_BUS_ARGS("s", resource, "a{sv}", options),
+                                SD_BUS_RESULT("t", token),
+                                method_acquire,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Unlock",
+                                SD_BUS_ARGS("s", resource),
+                                SD_BUS_NO_RESULT,
+                                method_unlock,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Owner",
+                                SD_BUS_ARGS("s", resource),
+                                SD_BUS_RESULT("s", mode, "a(uusstttss)", holders),
+                                method_owner,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListLocks",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a(ssuusstttss)", locks),
+                                method_list_locks,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+
+        SD_BUS_VTABLE_END
+};
+
+int bus_manager_export(Manager *m) {
+        int r;
+
+        r = sd_bus_add_object_vtable(m->bus, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, manager_vtable, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to export %s: %m", LOCKBUS_OBJECT_PATH);
+        return 0;
+}

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <glib.h>
+
+#include "identity.h"
+#include "log.h"
+
+typedef struct PeerEntry {
+        Peer peer;
+        bool has_creds;
+        sd_bus_track *track;
+        PeerRegistry *registry;
+} PeerEntry;
+
+struct PeerRegistry {
+        sd_bus *bus;
+        GHashTable *peers;      /* name → PeerEntry* (owned) */
+        PeerGoneHandler on_gone;
+        void *userdata;
+};
+
+static void peer_entry_free(PeerEntry *e) {
+        if (!e)
+                return;
+        sd_bus_track_unref(e->track);
+        g_free(e->peer.name);
+        g_free(e->peer.comm);
+        g_free(e);
+}
+
+int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, PeerRegistry **ret) {
+        PeerRegistry *r = g_new0(PeerRegistry, 1);
+
+        r->bus = sd_bus_ref(bus);
+        r->peers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify) peer_entry_free);
+        r->on_gone = on_gone;
+        r->userdata = userdata;
+        *ret = r;
+        return 0;
+}
+
+PeerRegistry *peer_registry_free(PeerRegistry *r) {
+        if (!r)
+                return NULL;
+        g_hash_table_destroy(r->peers);
+        sd_bus_unref(r->bus);
+        g_free(r);
+        return NULL;
+}
+
+static int on_peer_track_empty(sd_bus_track *track, void *userdata) {
+        PeerEntry *e = userdata;
+        PeerRegistry *r = e->registry;
+        g_autofree char *name = g_strdup(e->peer.name);
+
+        /* Forget it first: the handler may look peers up again. sd-bus holds
+         * its own reference on the track while this runs. */
+        g_hash_table_remove(r->peers, name);
+        if (r->on_gone)
+                r->on_gone(name, r->userdata);
+        return 0;
+}
+
+/* Starts watching a name before anything is asked about it. sd-bus installs
+ * the match, then checks that the name has an owner (a synchronous round
+ * trip, once per peer) and fails with -ENXIO if not: a peer found alive
+ * after its match is in place cannot leave unnoticed. */
+static int peer_entry_new(PeerRegistry *r, const char *name, PeerEntry **ret) {
+        PeerEntry *e;
+        int k;
+
+        e = g_new0(PeerEntry, 1);
+        e->registry = r;
+        e->peer.name = g_strdup(name);
+        e->peer.comm = g_strdup("");
+
+        k = sd_bus_track_new(r->bus, &e->track, on_peer_track_empty, e);
+        if (k >= 0)
+                k = sd_bus_track_add_name(e->track, name);
+        if (k < 0) {
+                peer_entry_free(e);
+                return k;
+        }
+
+        g_hash_table_insert(r->peers, e->peer.name, e);
+        *ret = e;
+        return 0;
+}
+
+static void peer_entry_drop(PeerRegistry *r, PeerEntry *e) {
+        g_hash_table_remove(r->peers, e->peer.name);
+}
+
+static int peer_entry_query_creds(PeerEntry *e, sd_bus_message *m) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const char *comm = NULL;
+        uid_t uid;
+        pid_t pid;
+        int k;
+
+        k = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID|SD_BUS_CREDS_PID|SD_BUS_CREDS_COMM|SD_BUS_CREDS_AUGMENT, &creds);
+        if (k < 0)
+                return k;
+
+        /* Decisions are taken on the uid and pid only if the broker vouched
+         * for them; fields filled in from /proc could belong to a recycled
+         * pid. */
+        if (sd_bus_creds_get_augmented_mask(creds) & (SD_BUS_CREDS_EUID|SD_BUS_CREDS_PID))
+                return -EPERM;
+
+        k = sd_bus_creds_get_euid(creds, &uid);
+        if (k < 0)
+                return k;
+        k = sd_bus_creds_get_pid(creds, &pid);
+        if (k < 0)
+                return k;
+        (void) sd_bus_creds_get_comm(creds, &comm);
+
+        e->peer.uid = uid;
+        e->peer.pid = pid;
+        g_free(e->peer.comm);
+        e->peer.comm = g_strdup(strempty(comm));
+        e->has_creds = true;
+        return 0;
+}
+
+int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **ret) {
+        const char *sender;
+        PeerEntry *e;
+        int k;
+
+        sender = sd_bus_message_get_sender(m);
+        if (!sender)
+                return -EPERM; /* a direct connection: we only serve a broker */
+
+        e = g_hash_table_lookup(r->peers, sender);
+        if (e && e->has_creds) {
+                *ret = &e->peer;
+                return 0;
+        }
+
+        if (!e) {
+                k = peer_entry_new(r, sender, &e);
+                if (k < 0)
+                        return k;
+        }
+
+        k = peer_entry_query_creds(e, m);
+        if (k < 0) {
+                peer_entry_drop(r, e);
+                return k;
+        }
+
+        *ret = &e->peer;
+        return 0;
+}
+
+int peer_registry_watch(PeerRegistry *r, const char *name) {
+        PeerEntry *e;
+        int k;
+
+        if (g_hash_table_contains(r->peers, name))
+                return 1;
+
+        k = peer_entry_new(r, name, &e);
+        if (IN_SET(k, -ENXIO, -ESRCH))
+                return 0; /* the name has no owner any more */
+        if (k < 0)
+                return k;
+        return 1;
+}
+
+unsigned peer_registry_size(const PeerRegistry *r) {
+        return g_hash_table_size(r->peers);
+}

@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <glib.h>
+
+#include "bus-errors.h"
+#include "log.h"
+#include "manager.h"
+
+#include "config.h"
+
+static bool arg_user = false;
+static char *arg_lock_directory = NULL;
+static char *arg_runtime_directory = NULL;
+
+static void help(void) {
+        printf("%s [OPTIONS...]\n\n"
+               "The lockbus lock service: grants named locks on the bus as io.lockbus1.\n\n"
+               "  -h --help                   Show this help\n"
+               "     --version                Show package version\n"
+               "     --system                 Serve the system bus (default)\n"
+               "     --user                   Serve the user (session) bus\n"
+               "     --lock-directory=DIR     Where persistent holds and tokens live\n"
+               "                              (default: $STATE_DIRECTORY, else %s;\n"
+               "                              with --user $XDG_STATE_HOME/lockbus)\n"
+               "     --runtime-directory=DIR  Where connection holds live\n"
+               "                              (default: $RUNTIME_DIRECTORY, else %s;\n"
+               "                              with --user $XDG_RUNTIME_DIR/lockbus)\n"
+               "\nSee the lockbusd(8) man page for details.\n",
+               program_invocation_short_name,
+               LOCKBUS_DEFAULT_LOCK_DIRECTORY, LOCKBUS_DEFAULT_RUNTIME_DIRECTORY);
+}
+
+/* systemd passes StateDirectory=/RuntimeDirectory= as a colon-separated
+ * list; ours is the first. */
+static char *first_directory_from_env(const char *variable) {
+        const char *value = getenv(variable);
+
+        if (!value || !*value)
+                return NULL;
+        return g_strndup(value, strcspn(value, ":"));
+}
+
+static int default_directories(void) {
+        if (!arg_lock_directory) {
+                if (arg_user)
+                        arg_lock_directory = g_build_filename(g_get_user_state_dir(), "lockbus", NULL);
+                else {
+                        arg_lock_directory = first_directory_from_env("STATE_DIRECTORY");
+                        if (!arg_lock_directory)
+                                arg_lock_directory = g_strdup(LOCKBUS_DEFAULT_LOCK_DIRECTORY);
+                }
+        }
+
+        if (!arg_runtime_directory) {
+                if (arg_user) {
+                        const char *runtime = getenv("XDG_RUNTIME_DIR");
+
+                        if (!runtime || !*runtime)
+                                return log_error_errno(ENXIO, "$XDG_RUNTIME_DIR is not set; "
+                                                       "use --runtime-directory= with --user.");
+                        arg_runtime_directory = g_build_filename(runtime, "lockbus", NULL);
+                } else {
+                        arg_runtime_directory = first_directory_from_env("RUNTIME_DIRECTORY");
+                        if (!arg_runtime_directory)
+                                arg_runtime_directory = g_strdup(LOCKBUS_DEFAULT_RUNTIME_DIRECTORY);
+                }
+        }
+        return 0;
+}
+
+static int parse_directory_argument(const char *name, const char *value, char **ret) {
+        if (!value || value[0] != '/')
+                return log_error_errno(EINVAL, "--%s= needs an absolute path, got '%s'.", name, strempty(value));
+        g_free(*ret);
+        *ret = g_strdup(value);
+        return 0;
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_SYSTEM,
+                ARG_USER,
+                ARG_LOCK_DIRECTORY,
+                ARG_RUNTIME_DIRECTORY,
+        };
+        static const struct option options[] = {
+                { "help",              no_argument,       NULL, 'h'                   },
+                { "version",           no_argument,       NULL, ARG_VERSION           },
+                { "system",            no_argument,       NULL, ARG_SYSTEM            },
+                { "user",              no_argument,       NULL, ARG_USER              },
+                { "lock-directory",    required_argument, NULL, ARG_LOCK_DIRECTORY    },
+                { "runtime-directory", required_argument, NULL, ARG_RUNTIME_DIRECTORY },
+                {}
+        };
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("lockbusd %s\n", PACKAGE_VERSION);
+                        return 0;
+                case ARG_SYSTEM:
+                        arg_user = false;
+                        break;
+                case ARG_USER:
+                        arg_user = true;
+                        break;
+                case ARG_LOCK_DIRECTORY:
+                        r = parse_directory_argument("lock-directory", optarg, &arg_lock_directory);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_RUNTIME_DIRECTORY:
+                        r = parse_directory_argument("runtime-directory", optarg, &arg_runtime_directory);
+                        if (r < 0)
+                                return r;
+                        break;
+                case '?':
+                        return -EINVAL;
+                default:
+                        g_assert_not_reached();
+                }
+
+        if (optind < argc)
+                return log_error_errno(EINVAL, "%s takes no positional arguments.", program_invocation_short_name);
+
+        r = default_directories();
+        if (r < 0)
+                return r;
+        return 1;
+}
+
+int main(int argc, char *argv[]) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                goto finish;
+
+        r = lockbus_error_map_register();
+        if (r < 0) {
+                log_error_errno(r, "Failed to register the lockbus error map: %m");
+                r = EXIT_FAILURE;
+                goto finish;
+        }
+
+        ManagerConfig config = {
+                .user_bus = arg_user,
+                .lock_directory = arg_lock_directory,
+                .runtime_directory = arg_runtime_directory,
+        };
+        r = manager_new(&config, &m);
+        if (r >= 0)
+                r = manager_run(m);
+        if (r < 0)
+                r = EXIT_FAILURE;
+
+finish:
+        g_free(arg_lock_directory);
+        g_free(arg_runtime_directory);
+        /* Usage errors exit with 2, other failures with 1. */
+        return r < 0 ? 2 : r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
