@@ -52,7 +52,6 @@ static inline void closedirp(DIR **d) {
                 closedir(*d);
 }
 
-/* GPtrArray wants a void-returning destructor. */
 static int open_directory(const char *path, int *ret_fd) {
         int fd;
 
