@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -56,6 +57,9 @@ static inline void closep(int *fd) {
 
 #define UID_FMT "%" PRIu32
 #define PID_FMT "%" PRIi32
+
+/* The struct that embeds member `member` at address ptr. */
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 

@@ -178,49 +178,95 @@ static void log_refusal(const Peer *caller, const char *method, const sd_bus_err
 }
 
 static int set_error_locked_by(sd_bus_error *error, const char *resource, const Hold *holder) {
+        if (!holder)
+                /* Nobody holds it, but others wait for it and come first. */
+                return sd_bus_error_setf(error, LOCKBUS_ERROR_ALREADY_LOCKED,
+                                         "Resource '%s' already locked: other callers are queued for it", resource);
         return sd_bus_error_setf(error, LOCKBUS_ERROR_ALREADY_LOCKED,
                                  "Resource '%s' already locked by uid " UID_FMT " (pid " PID_FMT ", %s)",
                                  resource, holder->uid, holder->pid, strempty(holder->comm));
 }
 
-static int acquire_and_reply(Manager *m, sd_bus_message *message, const Peer *caller,
-                             const LockRequest *req, const AcquireOptions *o, sd_bus_error *error) {
-        const Hold *hold = NULL;
+static int reply_granted(sd_bus_message *message, const AcquireRequest *req, const Hold *hold, int fd) {
+        if (req->scope == HOLD_SCOPE_FD)
+                return sd_bus_reply_method_return(message, "ht", fd, hold->token);
+        return sd_bus_reply_method_return(message, "t", hold->token);
+}
+
+/* Answers an Acquire, AcquireFd or Lock call, at once or after waiting. */
+static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, int fd) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *message = req->userdata;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        Manager *m = req->manager;
         int r;
 
-        r = manager_acquire(m, caller, req, &hold);
-        switch (r) {
+        switch (result) {
         case 0:
-                return sd_bus_reply_method_return(message, "t", hold->token);
+                r = reply_granted(message, req, hold, fd);
+                if (r < 0)
+                        /* The hold stays: its owner finds it with Owner, and a
+                         * connection or fd hold ends with its owner anyway. */
+                        log_warning_errno(r, "Failed to send the grant of '%s' to %s: %m",
+                                          req->resource, req->caller.name);
+                return;
+
+        case -ECONNRESET:
+                return; /* the caller is gone */
 
         case -EBUSY:
-                if (o && o->timeout_usec > 0)
-                        sd_bus_error_setf(error, SD_BUS_ERROR_NOT_SUPPORTED,
-                                          "Resource '%s' is locked by uid " UID_FMT " (pid " PID_FMT ", %s) "
-                                          "and waiting (option 'timeout' > 0) is not supported yet",
-                                          req->resource, hold->uid, hold->pid, strempty(hold->comm));
-                else
-                        set_error_locked_by(error, req->resource, hold);
+        case -EALREADY:
+                set_error_locked_by(&error, req->resource, hold);
                 break;
 
-        case -EALREADY:
-                set_error_locked_by(error, req->resource, hold);
+        case -ETIMEDOUT:
+                if (hold)
+                        sd_bus_error_setf(&error, LOCKBUS_ERROR_TIMEOUT,
+                                          "Timed out waiting for resource '%s', locked by uid " UID_FMT
+                                          " (pid " PID_FMT ", %s)",
+                                          req->resource, hold->uid, hold->pid, strempty(hold->comm));
+                else
+                        sd_bus_error_setf(&error, LOCKBUS_ERROR_TIMEOUT,
+                                          "Timed out waiting for resource '%s'", req->resource);
+                break;
+
+        case -EDQUOT:
+                sd_bus_error_setf(&error, LOCKBUS_ERROR_QUOTA_EXCEEDED,
+                                  "Resource '%s' not granted: uid " UID_FMT " is at its limit of %u locks "
+                                  "and %u waiting calls",
+                                  req->resource, req->caller.uid, m->max_locks_per_user, m->max_waiters_per_user);
+                break;
+
+        case -ESHUTDOWN:
+                sd_bus_error_setf(&error, SD_BUS_ERROR_FAILED,
+                                  "Resource '%s' not granted: lockbusd is exiting, try again", req->resource);
                 break;
 
         default:
-                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to store the lock on '%s' in %s: %s",
+                sd_bus_error_setf(&error, LOCKBUS_ERROR_STORAGE, "Failed to store the lock on '%s' in %s: %s",
                                   req->resource,
                                   req->scope == HOLD_SCOPE_PERSISTENT ? store_lock_directory(m->store)
                                                                       : store_runtime_directory(m->store),
-                                  strerror(-r));
+                                  strerror(-result));
         }
 
-        log_refusal(caller, "lock", error);
-        return -sd_bus_error_get_errno(error);
+        log_refusal(&req->caller, "lock", &error);
+        r = sd_bus_reply_method_error(message, &error);
+        if (r < 0)
+                log_debug_errno(r, "Failed to send an error reply to %s: %m", req->caller.name);
+}
+
+/* Hands a request to the manager; the answer comes through
+ * on_acquire_done(), now or after waiting. */
+static int submit_request(Manager *m, sd_bus_message *message, AcquireRequest *req) {
+        req->done = on_acquire_done;
+        req->userdata = sd_bus_message_ref(message);
+        manager_submit(m, req);
+        return 1;
 }
 
 static int method_lock(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
+        AcquireRequest *req;
         const Peer *caller;
         const char *resource;
         int r;
@@ -232,52 +278,84 @@ static int method_lock(sd_bus_message *message, void *userdata, sd_bus_error *er
         if (r < 0)
                 return r;
 
-        LockRequest req = {
-                .resource = resource,
+        req = acquire_request_new(caller, resource);
+        req->mode = LOCK_MODE_EXCLUSIVE;
+        req->scope = HOLD_SCOPE_PERSISTENT;
+        return submit_request(m, message, req);
+}
+
+static int acquire_common(sd_bus_message *message, Manager *m, bool fd_hold, sd_bus_error *error) {
+        _cleanup_(acquire_options_done) AcquireOptions o = {
                 .mode = LOCK_MODE_EXCLUSIVE,
-                .scope = HOLD_SCOPE_PERSISTENT,
+                .scope = fd_hold ? HOLD_SCOPE_FD : HOLD_SCOPE_CONNECTION,
         };
-        return acquire_and_reply(m, message, caller, &req, NULL, error);
+        AcquireRequest *req;
+        const Peer *caller;
+        const char *resource;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = parse_acquire_options(message, /* allow_scope= */ !fd_hold, &o, error);
+        if (r < 0)
+                return r;
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+
+        req = acquire_request_new(caller, resource);
+        req->mode = o.mode;
+        req->scope = o.scope;
+        req->timeout_usec = o.timeout_usec;
+        req->ttl_usec = o.ttl_usec;
+        if (o.description) {
+                g_free(req->description);
+                req->description = g_strdup(o.description);
+        }
+        return submit_request(m, message, req);
 }
 
 static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        _cleanup_(acquire_options_done) AcquireOptions o = {
-                .mode = LOCK_MODE_EXCLUSIVE,
-                .scope = HOLD_SCOPE_CONNECTION,
-        };
-        Manager *m = userdata;
-        const Peer *caller;
-        const char *resource;
-        int r;
+        return acquire_common(message, userdata, /* fd_hold= */ false, error);
+}
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-        r = parse_acquire_options(message, /* allow_scope= */ true, &o, error);
-        if (r < 0)
-                return r;
-        if (o.ttl_usec > 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
-                                        "Option 'ttl' > 0 is not supported yet");
-        r = get_caller(m, message, &caller, error);
-        if (r < 0)
-                return r;
+static int method_acquire_fd(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        return acquire_common(message, userdata, /* fd_hold= */ true, error);
+}
 
-        LockRequest req = {
-                .resource = resource,
-                .mode = o.mode,
-                .scope = o.scope,
-                .description = o.description,
-        };
-        return acquire_and_reply(m, message, caller, &req, &o, error);
+/* Finds the caller's own hold on `resource` for Unlock and Refresh, or sets
+ * NotLocked / NotOwner. */
+static int find_callers_hold(Manager *m, const char *resource, const Peer *caller, const char *verb,
+                             Hold **ret, sd_bus_error *error) {
+        const GQueue *holds;
+        Hold *h = NULL;
+
+        h = lock_table_find_owned(m->table, resource, caller->uid, caller->name);
+        if (h) {
+                *ret = h;
+                return 0;
+        }
+
+        holds = lock_table_get_holds(m->table, resource);
+        if (!holds)
+                sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
+        else {
+                const Hold *first = holds->head->data;
+
+                sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_OWNER,
+                                  "Resource '%s' locked by uid " UID_FMT " cannot be %s by uid " UID_FMT,
+                                  resource, first->uid, verb, caller->uid);
+        }
+        log_refusal(caller, verb, error);
+        return -sd_bus_error_get_errno(error);
 }
 
 static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        const GQueue *holds;
         const Peer *caller;
         const char *resource;
-        Hold *h;
+        Hold *h = NULL;
         int r;
 
         r = read_resource(message, &resource, error);
@@ -286,28 +364,89 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
         r = get_caller(m, message, &caller, error);
         if (r < 0)
                 return r;
-
-        h = lock_table_find_owned(m->table, resource, caller->uid, caller->name);
-        if (!h) {
-                holds = lock_table_get_holds(m->table, resource);
-                if (!holds)
-                        sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
-                else {
-                        const Hold *first = holds->head->data;
-
-                        sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_OWNER,
-                                          "Resource '%s' locked by uid " UID_FMT " cannot be unlocked by uid " UID_FMT,
-                                          resource, first->uid, caller->uid);
-                }
-                log_refusal(caller, "unlock", error);
-                return -sd_bus_error_get_errno(error);
-        }
+        r = find_callers_hold(m, resource, caller, "unlocked", &h, error);
+        if (r < 0)
+                return r;
 
         r = manager_release(m, h, "Released (unlocked)");
         if (r < 0) {
                 sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to remove the lock on '%s' from %s: %s",
                                   resource, store_lock_directory(m->store), strerror(-r));
                 log_refusal(caller, "unlock", error);
+                return r;
+        }
+
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const Peer *caller;
+        const char *resource;
+        uint64_t expires;
+        Hold *h = NULL;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+        r = find_callers_hold(m, resource, caller, "refreshed", &h, error);
+        if (r < 0)
+                return r;
+
+        r = manager_refresh(m, h, &expires);
+        if (r < 0) {
+                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to store the refreshed lock on '%s' in %s: %s",
+                                  resource,
+                                  hold_is_persistent(h) ? store_lock_directory(m->store) : store_runtime_directory(m->store),
+                                  strerror(-r));
+                log_refusal(caller, "refresh", error);
+                return r;
+        }
+
+        return sd_bus_reply_method_return(message, "t", expires);
+}
+
+static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const Peer *caller;
+        const char *resource;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+
+        /* Authorization before anything else, also before telling whether
+         * the resource is locked. */
+        if (caller->uid != 0) {
+                sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                  "Breaking the lock on resource '%s' is not allowed for uid " UID_FMT,
+                                  resource, caller->uid);
+                log_refusal(caller, "break", error);
+                return -EACCES;
+        }
+
+        if (!lock_table_get_holds(m->table, resource)) {
+                sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
+                log_refusal(caller, "break", error);
+                return -ENOENT;
+        }
+
+        log_notice("Breaking '%s' for uid " UID_FMT " (pid " PID_FMT ", %s, %s).",
+                   resource, caller->uid, caller->pid, caller->comm, caller->name);
+        r = manager_break(m, resource);
+        if (r < 0) {
+                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE,
+                                  "Failed to remove a persistent lock on '%s' from %s: %s",
+                                  resource, store_lock_directory(m->store), strerror(-r));
+                log_refusal(caller, "break", error);
                 return r;
         }
 
@@ -424,8 +563,9 @@ static int property_get_lock_count(sd_bus *bus, const char *path, const char *in
 
 static int property_get_waiter_count(sd_bus *bus, const char *path, const char *interface, const char *property,
                                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        /* Nobody can wait yet: a conflicting request fails at once. */
-        return sd_bus_message_append(reply, "u", (uint32_t) 0);
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "u", (uint32_t) lock_table_waiter_count(m->table));
 }
 
 static const sd_bus_vtable manager_vtable[] = {
@@ -446,10 +586,20 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_RESULT("t", token),
                                 method_acquire,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AcquireFd",
+                                SD_BUS_ARGS("s", resource, "a{sv}", options),
+                                SD_BUS_RESULT("h", fd, "t", token),
+                                method_acquire_fd,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Unlock",
                                 SD_BUS_ARGS("s", resource),
                                 SD_BUS_NO_RESULT,
                                 method_unlock,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Refresh",
+                                SD_BUS_ARGS("s", resource),
+                                SD_BUS_RESULT("t", expires_usec),
+                                method_refresh,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Owner",
                                 SD_BUS_ARGS("s", resource),
@@ -460,6 +610,11 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_RESULT("a(ssuusstttss)", locks),
                                 method_list_locks,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Break",
+                                SD_BUS_ARGS("s", resource),
+                                SD_BUS_NO_RESULT,
+                                method_break,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_VTABLE_END

@@ -51,6 +51,8 @@ Hold *hold_new(void) {
 Hold *hold_free(Hold *h) {
         if (!h)
                 return NULL;
+        sd_event_source_disable_unref(h->fd_watch);
+        sd_event_source_disable_unref(h->expiry_timer);
         g_free(h->resource);
         g_free(h->comm);
         g_free(h->sender);

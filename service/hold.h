@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* A Hold: one grant of one resource to one owner. Plain data shared by the
- * lock table (which decides) and the store (which makes it durable); neither
- * D-Bus nor disk state lives here.
+/* A Hold: one grant of one resource to one owner. Data shared by the lock
+ * table (which decides) and the store (which makes it durable), plus the
+ * event sources that end it (its fd's hang-up, its TTL), which the manager
+ * sets and the hold owns. Neither D-Bus nor disk state lives here.
  *
  * Ownership rules (DESIGN.md): a persistent hold belongs to its uid, any
  * connection of that uid may unlock it; a connection or fd hold belongs to
@@ -12,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include <systemd/sd-event.h>
 
 #include "macro.h"
 
@@ -47,6 +50,9 @@ typedef struct Hold {
         uint64_t expires_usec;  /* CLOCK_REALTIME, 0 = never */
         uint64_t ttl_usec;      /* 0 = none */
         char *description;      /* never NULL, may be "" */
+
+        sd_event_source *fd_watch;      /* fd holds: the pipe's read end, watched for hang-up */
+        sd_event_source *expiry_timer;  /* holds with a TTL */
 } Hold;
 
 Hold *hold_new(void);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,6 +17,9 @@
 static bool arg_user = false;
 static char *arg_lock_directory = NULL;
 static char *arg_runtime_directory = NULL;
+static uint64_t arg_idle_timeout_usec = DEFAULT_IDLE_TIMEOUT_USEC;
+static unsigned arg_max_locks_per_user = DEFAULT_MAX_LOCKS_PER_USER;
+static unsigned arg_max_waiters_per_user = DEFAULT_MAX_WAITERS_PER_USER;
 
 static void help(void) {
         printf("%s [OPTIONS...]\n\n"
@@ -30,9 +34,16 @@ static void help(void) {
                "     --runtime-directory=DIR  Where connection holds live\n"
                "                              (default: $RUNTIME_DIRECTORY, else %s;\n"
                "                              with --user $XDG_RUNTIME_DIR/lockbus)\n"
+               "     --idle-timeout=SEC       Exit after SEC seconds without connection or\n"
+               "                              fd holds and waiters (default: 30; 0: never)\n"
+               "     --max-locks-per-user=N   Holds plus waits one uid but root may have\n"
+               "                              (default: %u)\n"
+               "     --max-waiters-per-user=N Waiting calls one uid but root may have\n"
+               "                              (default: %u)\n"
                "\nSee the lockbusd(8) man page for details.\n",
                program_invocation_short_name,
-               LOCKBUS_DEFAULT_LOCK_DIRECTORY, LOCKBUS_DEFAULT_RUNTIME_DIRECTORY);
+               LOCKBUS_DEFAULT_LOCK_DIRECTORY, LOCKBUS_DEFAULT_RUNTIME_DIRECTORY,
+               DEFAULT_MAX_LOCKS_PER_USER, DEFAULT_MAX_WAITERS_PER_USER);
 }
 
 /* systemd passes StateDirectory=/RuntimeDirectory= as a colon-separated
@@ -81,6 +92,53 @@ static int parse_directory_argument(const char *name, const char *value, char **
         return 0;
 }
 
+/* Seconds with an optional fraction, e.g. "30" or "0.25", to µs. */
+static int parse_seconds_argument(const char *name, const char *value, uint64_t *ret) {
+        const char *fraction;
+        uint64_t usec = 0;
+        char *end;
+
+        if (!value || !g_ascii_isdigit(value[0]))
+                goto invalid;
+
+        errno = 0;
+        unsigned long long sec = strtoull(value, &end, 10);
+        if (errno != 0 || sec > UINT64_MAX / 1000000U)
+                goto invalid;
+
+        if (*end == '.') {
+                uint64_t scale = 100000;
+
+                fraction = end + 1;
+                if (!g_ascii_isdigit(*fraction))
+                        goto invalid;
+                for (; g_ascii_isdigit(*fraction); fraction++) {
+                        usec += (uint64_t) (*fraction - '0') * scale;
+                        scale /= 10;
+                }
+                end = (char *) fraction;
+        }
+        if (*end != '\0')
+                goto invalid;
+
+        *ret = sec * 1000000U + usec;
+        return 0;
+
+invalid:
+        return log_error_errno(EINVAL, "--%s= needs seconds (e.g. 30 or 0.5), got '%s'.", name, strempty(value));
+}
+
+static int parse_unsigned_argument(const char *name, const char *value, unsigned *ret) {
+        char *end;
+
+        errno = 0;
+        unsigned long n = value && g_ascii_isdigit(value[0]) ? strtoul(value, &end, 10) : 0;
+        if (!value || !g_ascii_isdigit(value[0]) || errno != 0 || *end != '\0' || n > UINT_MAX)
+                return log_error_errno(EINVAL, "--%s= needs a non-negative integer, got '%s'.", name, strempty(value));
+        *ret = (unsigned) n;
+        return 0;
+}
+
 static int parse_argv(int argc, char *argv[]) {
         enum {
                 ARG_VERSION = 0x100,
@@ -88,6 +146,9 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_USER,
                 ARG_LOCK_DIRECTORY,
                 ARG_RUNTIME_DIRECTORY,
+                ARG_IDLE_TIMEOUT,
+                ARG_MAX_LOCKS_PER_USER,
+                ARG_MAX_WAITERS_PER_USER,
         };
         static const struct option options[] = {
                 { "help",              no_argument,       NULL, 'h'                   },
@@ -96,6 +157,9 @@ static int parse_argv(int argc, char *argv[]) {
                 { "user",              no_argument,       NULL, ARG_USER              },
                 { "lock-directory",    required_argument, NULL, ARG_LOCK_DIRECTORY    },
                 { "runtime-directory", required_argument, NULL, ARG_RUNTIME_DIRECTORY },
+                { "idle-timeout",         required_argument, NULL, ARG_IDLE_TIMEOUT         },
+                { "max-locks-per-user",   required_argument, NULL, ARG_MAX_LOCKS_PER_USER   },
+                { "max-waiters-per-user", required_argument, NULL, ARG_MAX_WAITERS_PER_USER },
                 {}
         };
         int c, r;
@@ -121,6 +185,21 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case ARG_RUNTIME_DIRECTORY:
                         r = parse_directory_argument("runtime-directory", optarg, &arg_runtime_directory);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_IDLE_TIMEOUT:
+                        r = parse_seconds_argument("idle-timeout", optarg, &arg_idle_timeout_usec);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_MAX_LOCKS_PER_USER:
+                        r = parse_unsigned_argument("max-locks-per-user", optarg, &arg_max_locks_per_user);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_MAX_WAITERS_PER_USER:
+                        r = parse_unsigned_argument("max-waiters-per-user", optarg, &arg_max_waiters_per_user);
                         if (r < 0)
                                 return r;
                         break;
@@ -158,6 +237,9 @@ int main(int argc, char *argv[]) {
                 .user_bus = arg_user,
                 .lock_directory = arg_lock_directory,
                 .runtime_directory = arg_runtime_directory,
+                .max_locks_per_user = arg_max_locks_per_user,
+                .max_waiters_per_user = arg_max_waiters_per_user,
+                .idle_timeout_usec = arg_idle_timeout_usec,
         };
         r = manager_new(&config, &m);
         if (r >= 0)

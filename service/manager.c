@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bus-manager.h"
 #include "lockbus-names.h"
 #include "log.h"
 #include "manager.h"
-#include "resource-name.h"
 
 static uint64_t now_realtime_usec(void) {
         struct timespec ts;
@@ -16,58 +18,331 @@ static uint64_t now_realtime_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
 }
 
+static uint64_t add_saturating(uint64_t a, uint64_t b) {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 static void log_hold(const char *what, const Hold *h) {
         log_info("%s '%s' (%s, %s, token %" PRIu64 ") for uid " UID_FMT " (pid " PID_FMT ", %s, %s).",
                  what, h->resource, lock_mode_to_string(h->mode), hold_scope_to_string(h->scope),
                  h->token, h->uid, h->pid, strempty(h->comm), strempty(h->sender));
 }
 
-int manager_acquire(Manager *m, const Peer *caller, const LockRequest *req, const Hold **ret_hold) {
-        _cleanup_(hold_freep) Hold *h = NULL;
-        const Hold *blocker = NULL;
-        int r;
+AcquireRequest *acquire_request_new(const Peer *caller, const char *resource) {
+        AcquireRequest *req = g_new0(AcquireRequest, 1);
 
-        switch (lock_table_check(m->table, req->resource, req->mode, caller->uid, caller->name, &blocker)) {
-        case LOCK_VERDICT_GRANT:
-                break;
-        case LOCK_VERDICT_CONFLICT:
-                *ret_hold = blocker;
-                return -EBUSY;
-        case LOCK_VERDICT_HELD_BY_CALLER:
-                *ret_hold = blocker;
-                return -EALREADY;
-        }
+        req->resource = g_strdup(resource);
+        req->mode = LOCK_MODE_EXCLUSIVE;
+        req->scope = HOLD_SCOPE_CONNECTION;
+        req->description = g_strdup("");
+        req->caller = (Peer) {
+                .name = g_strdup(caller->name),
+                .uid = caller->uid,
+                .pid = caller->pid,
+                .comm = g_strdup(caller->comm),
+        };
+        return req;
+}
 
-        h = hold_new();
-        h->resource = g_strdup(req->resource);
-        h->mode = req->mode;
-        h->scope = req->scope;
-        h->uid = caller->uid;
-        h->pid = caller->pid;
-        h->comm = g_strdup(caller->comm);
-        h->sender = g_strdup(caller->name);
-        h->bus_id = g_strdup(m->bus_id);
-        h->since_usec = now_realtime_usec();
-        g_free(h->description);
-        h->description = g_strdup(strempty(req->description));
+AcquireRequest *acquire_request_free(AcquireRequest *req) {
+        if (!req)
+                return NULL;
+        sd_event_source_disable_unref(req->timeout_source);
+        g_free(req->resource);
+        g_free(req->description);
+        g_free(req->caller.name);
+        g_free(req->caller.comm);
+        g_free(req);
+        return NULL;
+}
 
-        r = token_issuer_next(m->tokens, &h->token);
+/* Answers a request (the callback logs refusals, it has their words) and
+ * frees it. */
+static void acquire_request_complete(AcquireRequest *req, int error, const Hold *hold, int fd) {
+        req->done(req, error, hold, fd);
+        acquire_request_free(req);
+}
+
+/* The userdata of a hold's event sources: they need both the manager and
+ * the hold. Freed with the source. */
+typedef struct HoldWatch {
+        Manager *manager;
+        Hold *hold;
+} HoldWatch;
+
+static HoldWatch *hold_watch_new(Manager *m, Hold *h) {
+        HoldWatch *w = g_new(HoldWatch, 1);
+
+        *w = (HoldWatch) { .manager = m, .hold = h };
+        return w;
+}
+
+static int hold_watch_attach(sd_event_source *s, HoldWatch *w) {
+        int r = sd_event_source_set_destroy_callback(s, g_free);
+
         if (r < 0)
-                return log_error_errno(r, "Failed to reserve fencing tokens in %s: %m",
-                                       store_lock_directory(m->store));
+                g_free(w);
+        return r;
+}
 
-        /* Durable before it is answered: all or nothing. */
-        r = store_save_hold(m->store, h);
-        if (r < 0)
-                return log_error_errno(r, "Failed to save hold for '%s': %m", h->resource);
+static int on_hold_expired(sd_event_source *s, uint64_t usec, void *userdata) {
+        HoldWatch *w = userdata;
 
-        log_hold("Granted", h);
-        *ret_hold = h;
-        lock_table_add(m->table, TAKE_PTR(h));
+        /* A persistent hold whose file cannot be removed stays; its timer
+         * is spent, so the next start drops it. */
+        (void) manager_release(w->manager, w->hold, "Released (TTL expired)");
         return 0;
 }
 
-int manager_release(Manager *m, Hold *h, const char *reason) {
+static int hold_arm_expiry(Manager *m, Hold *h) {
+        HoldWatch *w;
+        int r;
+
+        if (h->expires_usec == 0) {
+                h->expiry_timer = sd_event_source_disable_unref(h->expiry_timer);
+                return 0;
+        }
+
+        if (h->expiry_timer) {
+                r = sd_event_source_set_time(h->expiry_timer, h->expires_usec);
+                if (r < 0)
+                        return r;
+                return sd_event_source_set_enabled(h->expiry_timer, SD_EVENT_ONESHOT);
+        }
+
+        w = hold_watch_new(m, h);
+        r = sd_event_add_time(m->event, &h->expiry_timer, CLOCK_REALTIME, h->expires_usec, 1000,
+                              on_hold_expired, w);
+        if (r < 0) {
+                g_free(w);
+                return r;
+        }
+        return hold_watch_attach(h->expiry_timer, w);
+}
+
+static int on_hold_fd_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        HoldWatch *w = userdata;
+
+        (void) manager_release(w->manager, w->hold, "Released (fd closed)");
+        return 0;
+}
+
+/* Watches the read end of an fd hold's pipe: it hangs up when the last copy
+ * of the write end is closed. Takes the fd. */
+static int hold_watch_fd(Manager *m, Hold *h, int read_fd) {
+        HoldWatch *w = hold_watch_new(m, h);
+        int r;
+
+        r = sd_event_add_io(m->event, &h->fd_watch, read_fd, EPOLLHUP, on_hold_fd_hangup, w);
+        if (r < 0) {
+                g_free(w);
+                close(read_fd);
+                return r;
+        }
+        r = sd_event_source_set_io_fd_own(h->fd_watch, true);
+        if (r < 0) {
+                close(read_fd);
+                return r;
+        }
+        return hold_watch_attach(h->fd_watch, w);
+}
+
+static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
+        Hold *h = hold_new();
+
+        h->resource = g_strdup(req->resource);
+        h->mode = req->mode;
+        h->scope = req->scope;
+        h->uid = req->caller.uid;
+        h->pid = req->caller.pid;
+        h->comm = g_strdup(req->caller.comm);
+        h->sender = g_strdup(req->caller.name);
+        h->bus_id = g_strdup(m->bus_id);
+        h->since_usec = now_realtime_usec();
+        h->ttl_usec = req->ttl_usec;
+        h->expires_usec = req->ttl_usec > 0 ? add_saturating(h->since_usec, req->ttl_usec) : 0;
+        g_free(h->description);
+        h->description = g_strdup(req->description);
+        return h;
+}
+
+/* Grants a request that fits: token, fd, store, table, answer. */
+static void manager_grant(Manager *m, AcquireRequest *req) {
+        _cleanup_(hold_freep) Hold *h = NULL;
+        _cleanup_close_ int write_fd = -1;
+        Hold *granted;
+        int r;
+
+        h = hold_new_for_request(m, req);
+
+        r = token_issuer_next(m->tokens, &h->token);
+        if (r < 0) {
+                log_error_errno(r, "Failed to reserve fencing tokens in %s: %m", store_lock_directory(m->store));
+                return acquire_request_complete(req, r, NULL, -1);
+        }
+
+        if (h->scope == HOLD_SCOPE_FD) {
+                int fds[2];
+
+                if (pipe2(fds, O_CLOEXEC) < 0) {
+                        r = log_error_errno(errno, "Failed to create the pipe for an fd hold on '%s': %m", h->resource);
+                        return acquire_request_complete(req, r, NULL, -1);
+                }
+                write_fd = fds[1];
+                r = hold_watch_fd(m, h, fds[0]);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to watch the fd hold on '%s': %m", h->resource);
+                        return acquire_request_complete(req, r, NULL, -1);
+                }
+        }
+
+        r = hold_arm_expiry(m, h);
+        if (r < 0) {
+                log_error_errno(r, "Failed to arm the TTL timer for '%s': %m", h->resource);
+                return acquire_request_complete(req, r, NULL, -1);
+        }
+
+        /* Durable before it is answered: all or nothing. */
+        r = store_save_hold(m->store, h);
+        if (r < 0) {
+                log_error_errno(r, "Failed to save hold for '%s': %m", h->resource);
+                return acquire_request_complete(req, r, NULL, -1);
+        }
+
+        granted = TAKE_PTR(h);
+        lock_table_add(m->table, granted);
+        log_hold("Granted", granted);
+        acquire_request_complete(req, 0, granted, write_fd);
+}
+
+/* Grants waiters at the head of the queue while they fit; adjacent shared
+ * waiters go together. */
+static void manager_serve_waiters(Manager *m, const char *resource) {
+        g_autofree char *name = g_strdup(resource); /* the caller's copy may go with a hold */
+        Waiter *w;
+
+        while ((w = lock_table_peek_waiter(m->table, name))) {
+                AcquireRequest *req = container_of(w, AcquireRequest, waiter);
+                const Hold *blocker = NULL;
+                LockVerdict v;
+
+                v = lock_table_check_waiter(m->table, w, &blocker);
+                if (v == LOCK_VERDICT_CONFLICT)
+                        break;
+
+                lock_table_dequeue(m->table, w);
+                req->timeout_source = sd_event_source_disable_unref(req->timeout_source);
+                if (v == LOCK_VERDICT_HELD_BY_CALLER)
+                        acquire_request_complete(req, -EALREADY, blocker, -1);
+                else
+                        manager_grant(m, req);
+        }
+}
+
+/* Takes a waiting request out of its queue and answers it. Those behind it
+ * may fit now (e.g. shared waiters behind an exclusive one). */
+static void manager_cancel_waiter(Manager *m, AcquireRequest *req, int error) {
+        g_autofree char *resource = g_strdup(req->resource);
+        const GQueue *holds;
+
+        lock_table_dequeue(m->table, &req->waiter);
+        holds = lock_table_get_holds(m->table, resource);
+        acquire_request_complete(req, error, holds ? holds->head->data : NULL, -1);
+        manager_serve_waiters(m, resource);
+}
+
+static int on_waiter_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        AcquireRequest *req = userdata;
+
+        manager_cancel_waiter(req->manager, req, -ETIMEDOUT);
+        return 0;
+}
+
+/* A request that makes the daemon needed (a waiter, an fd hold) during an
+ * idle exit takes the name back: what arrived before the release would
+ * otherwise be lost with this process. The next instance cannot own the
+ * name yet, it waits for the lock directory. */
+static int manager_cancel_exit(Manager *m) {
+        int r;
+
+        if (!m->exiting)
+                return 0;
+
+        r = sd_bus_request_name(m->bus, LOCKBUS_BUS_NAME, 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to take back the bus name %s: %m", LOCKBUS_BUS_NAME);
+
+        m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
+        m->exiting = false;
+        log_info("Request arrived during idle exit; serving on.");
+        return 0;
+}
+
+static bool manager_over_quota(Manager *m, const AcquireRequest *req, bool waiting) {
+        UidUsage u;
+
+        if (req->caller.uid == 0)
+                return false;
+
+        /* Waiters count against the hold quota too: each may become a hold. */
+        u = lock_table_uid_usage(m->table, req->caller.uid);
+        if (u.n_holds + u.n_waiters >= m->max_locks_per_user)
+                return true;
+        return waiting && u.n_waiters >= m->max_waiters_per_user;
+}
+
+void manager_submit(Manager *m, AcquireRequest *req) {
+        const Hold *blocker = NULL;
+        int r;
+
+        req->manager = m;
+        switch (lock_table_check(m->table, req->resource, req->mode, req->caller.uid, req->caller.name, &blocker)) {
+
+        case LOCK_VERDICT_HELD_BY_CALLER:
+                return acquire_request_complete(req, -EALREADY, blocker, -1);
+
+        case LOCK_VERDICT_GRANT:
+                if (manager_over_quota(m, req, false))
+                        return acquire_request_complete(req, -EDQUOT, NULL, -1);
+                if (req->scope == HOLD_SCOPE_FD && manager_cancel_exit(m) < 0)
+                        return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
+                return manager_grant(m, req);
+
+        case LOCK_VERDICT_CONFLICT:
+                if (req->timeout_usec == 0)
+                        return acquire_request_complete(req, -EBUSY, blocker, -1);
+                if (manager_over_quota(m, req, true))
+                        return acquire_request_complete(req, -EDQUOT, NULL, -1);
+                if (manager_cancel_exit(m) < 0)
+                        return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
+                break;
+        }
+
+        if (req->timeout_usec != UINT64_MAX) {
+                r = sd_event_add_time_relative(m->event, &req->timeout_source, CLOCK_MONOTONIC, req->timeout_usec,
+                                               1000, on_waiter_timeout, req);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to arm the wait timer for '%s': %m", req->resource);
+                        return acquire_request_complete(req, r, NULL, -1);
+                }
+        }
+
+        req->waiter = (Waiter) {
+                .resource = req->resource,
+                .mode = req->mode,
+                .scope = req->scope,
+                .uid = req->caller.uid,
+                .sender = req->caller.name,
+        };
+        lock_table_enqueue(m->table, &req->waiter);
+        log_info("Queued '%s' (%s, %s) for uid " UID_FMT " (pid " PID_FMT ", %s, %s), %u waiting.",
+                 req->resource, lock_mode_to_string(req->mode), hold_scope_to_string(req->scope),
+                 req->caller.uid, req->caller.pid, req->caller.comm, req->caller.name,
+                 lock_table_waiter_count(m->table));
+}
+
+/* Takes a hold out without serving waiters; see manager_release(). */
+static int manager_remove_hold(Manager *m, Hold *h, const char *reason) {
         int r;
 
         r = store_remove_hold(m->store, h);
@@ -83,12 +358,86 @@ int manager_release(Manager *m, Hold *h, const char *reason) {
         return 0;
 }
 
+int manager_release(Manager *m, Hold *h, const char *reason) {
+        g_autofree char *resource = g_strdup(h->resource);
+        int r;
+
+        r = manager_remove_hold(m, h, reason);
+        if (r < 0)
+                return r;
+        manager_serve_waiters(m, resource);
+        return 0;
+}
+
+int manager_break(Manager *m, const char *resource) {
+        g_autoptr(GPtrArray) holds = g_ptr_array_new();
+        const GQueue *q;
+        int n = 0, error = 0;
+
+        q = lock_table_get_holds(m->table, resource);
+        if (q)
+                for (GList *l = q->head; l; l = l->next)
+                        g_ptr_array_add(holds, l->data);
+
+        for (guint i = 0; i < holds->len; i++) {
+                int r = manager_remove_hold(m, holds->pdata[i], "Released (broken)");
+
+                if (r < 0 && error == 0)
+                        error = r;
+                else if (r >= 0)
+                        n++;
+        }
+        manager_serve_waiters(m, resource);
+        return error < 0 ? error : n;
+}
+
+int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec) {
+        uint64_t old_expires = h->expires_usec;
+        int r;
+
+        if (h->ttl_usec == 0) {
+                *ret_expires_usec = 0;
+                return 0;
+        }
+
+        h->expires_usec = add_saturating(now_realtime_usec(), h->ttl_usec);
+        r = store_save_hold(m->store, h);
+        if (r < 0) {
+                h->expires_usec = old_expires;
+                return log_error_errno(r, "Failed to save the refreshed hold on '%s': %m", h->resource);
+        }
+
+        r = hold_arm_expiry(m, h);
+        if (r < 0)
+                log_warning_errno(r, "Failed to re-arm the TTL timer for '%s', ignoring: %m", h->resource);
+
+        log_hold("Refreshed", h);
+        *ret_expires_usec = h->expires_usec;
+        return 0;
+}
+
+bool manager_is_idle(const Manager *m) {
+        return lock_table_volatile_hold_count(m->table) == 0 && lock_table_waiter_count(m->table) == 0;
+}
+
 static void on_peer_gone(const char *name, void *userdata) {
         Manager *m = userdata;
-        g_autoptr(GPtrArray) holds = lock_table_holds_of_sender(m->table, name);
+        g_autoptr(GPtrArray) waiters = lock_table_waiters_of_sender(m->table, name);
+        g_autoptr(GPtrArray) holds = NULL;
 
-        for (guint i = 0; i < holds->len; i++)
-                (void) manager_release(m, holds->pdata[i], "Released (connection closed)");
+        /* Its waiters first, so that its released holds are not granted to
+         * them. */
+        for (guint i = 0; i < waiters->len; i++)
+                manager_cancel_waiter(m, container_of(waiters->pdata[i], AcquireRequest, waiter), -ECONNRESET);
+
+        /* fd holds live on while their fd is open, wherever it went. */
+        holds = lock_table_holds_of_sender(m->table, name);
+        for (guint i = 0; i < holds->len; i++) {
+                Hold *h = holds->pdata[i];
+
+                if (h->scope == HOLD_SCOPE_CONNECTION)
+                        (void) manager_release(m, h, "Released (connection closed)");
+        }
 }
 
 /* Puts a hold read from disk back into the table, or drops it. Takes
@@ -109,8 +458,7 @@ static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now) {
                 else {
                         r = peer_registry_watch(m->peers, h->sender);
                         if (r < 0) {
-                                log_warning_errno(r, "Failed to check whether %s is still connected, dropping its hold on '%s': %m",
-                                                  h->sender, h->resource);
+                                log_warning_errno(r, "Failed to check whether %s is still connected: %m", h->sender);
                                 drop = "its connection could not be checked";
                         } else if (r == 0)
                                 drop = "its connection is gone";
@@ -121,6 +469,14 @@ static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now) {
          * grant wins. */
         if (!drop && lock_table_check(m->table, h->resource, h->mode, h->uid, h->sender, &blocker) != LOCK_VERDICT_GRANT)
                 drop = "it conflicts with an earlier hold";
+
+        if (!drop) {
+                r = hold_arm_expiry(m, h);
+                if (r < 0) {
+                        log_warning_errno(r, "Failed to arm the TTL timer for '%s': %m", h->resource);
+                        drop = "its TTL could not be enforced";
+                }
+        }
 
         if (drop) {
                 log_notice("Dropping hold on '%s' (token %" PRIu64 ", uid " UID_FMT ", %s): %s.",
@@ -192,6 +548,9 @@ int manager_new(const ManagerConfig *config, Manager **ret) {
 
         m = g_new0(Manager, 1);
         m->table = lock_table_new();
+        m->max_locks_per_user = config->max_locks_per_user;
+        m->max_waiters_per_user = config->max_waiters_per_user;
+        m->idle_timeout_usec = config->idle_timeout_usec;
 
         r = sd_event_default(&m->event);
         if (r < 0)
@@ -219,7 +578,8 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         /* Holds are dropped from memory only: their files stay for the next
-         * start. */
+         * start. Waiting requests are gone with the bus connection. */
+        m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
         m->table = lock_table_free(m->table);
         m->peers = peer_registry_free(m->peers);
         m->tokens = token_issuer_free(m->tokens);
@@ -228,6 +588,60 @@ Manager *manager_free(Manager *m) {
         sd_event_unref(m->event);
         g_free(m);
         return NULL;
+}
+
+static int on_name_released(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+
+        /* Everything routed to us before the release came in before this
+         * reply and has been answered. */
+        m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
+        log_info("Idle: released %s, exiting.", LOCKBUS_BUS_NAME);
+        return sd_event_exit(m->event, 0);
+}
+
+static int manager_start_idle_exit(Manager *m) {
+        int r;
+
+        r = sd_bus_release_name_async(m->bus, &m->release_name_slot, LOCKBUS_BUS_NAME, on_name_released, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to release the bus name %s: %m", LOCKBUS_BUS_NAME);
+        m->exiting = true;
+        return 0;
+}
+
+/* The event loop, with exit on idle: when a whole idle period passes with
+ * no event and nothing but durable state held, release the name, answer
+ * what is queued, then exit. D-Bus activation starts the next instance. */
+static int manager_loop(Manager *m) {
+        int r;
+
+        for (;;) {
+                uint64_t timeout = UINT64_MAX;
+
+                r = sd_event_get_state(m->event);
+                if (r < 0)
+                        return r;
+                if (r == SD_EVENT_FINISHED)
+                        break;
+
+                if (m->idle_timeout_usec > 0 && !m->exiting)
+                        timeout = m->idle_timeout_usec;
+
+                r = sd_event_run(m->event, timeout);
+                if (r < 0)
+                        return r;
+
+                if (r == 0 && timeout != UINT64_MAX && manager_is_idle(m)) {
+                        r = manager_start_idle_exit(m);
+                        if (r < 0)
+                                return r;
+                }
+        }
+
+        r = 0;
+        (void) sd_event_get_exit_code(m->event, &r);
+        return r;
 }
 
 int manager_run(Manager *m) {
@@ -253,13 +667,19 @@ int manager_run(Manager *m) {
                 return r;
 
         r = sd_bus_request_name(m->bus, LOCKBUS_BUS_NAME, 0);
+        if (r == -EEXIST) {
+                /* An instance that took its name back during an idle exit
+                 * serves on; we waited for its lock directory in vain. */
+                log_info("%s is owned by another instance, exiting.", LOCKBUS_BUS_NAME);
+                return 0;
+        }
         if (r < 0)
                 return log_error_errno(r, "Failed to acquire the bus name %s: %m", LOCKBUS_BUS_NAME);
 
         log_info("lockbusd ready on %s; lock directory %s, runtime directory %s.",
                  LOCKBUS_BUS_NAME, store_lock_directory(m->store), store_runtime_directory(m->store));
 
-        r = sd_event_loop(m->event);
+        r = manager_loop(m);
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
 

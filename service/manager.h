@@ -4,8 +4,10 @@
 /* The Manager owns the daemon's state (bus, event loop, lock table, store,
  * token issuer, peer registry) and carries out grants and releases in the
  * one order the design allows: decide (lock table) → issue a token → store
- * durably → add to the table → answer. The bus layer (bus-manager.c) calls
- * it; it never calls back up. */
+ * durably → add to the table → answer. It serves waiters whenever a hold or
+ * a waiter goes away, enforces quotas, TTLs, fd hang-ups and exit on idle.
+ * The bus layer (bus-manager.c) calls it and gets answers through a
+ * completion callback; it never calls back up otherwise. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -21,10 +23,17 @@
 #include "store.h"
 #include "tokens.h"
 
+#define DEFAULT_MAX_LOCKS_PER_USER      1024U
+#define DEFAULT_MAX_WAITERS_PER_USER    128U
+#define DEFAULT_IDLE_TIMEOUT_USEC       (30U * 1000000ULL)
+
 typedef struct ManagerConfig {
         bool user_bus;                  /* the session bus instead of the system bus */
         const char *lock_directory;
         const char *runtime_directory;
+        unsigned max_locks_per_user;
+        unsigned max_waiters_per_user;
+        uint64_t idle_timeout_usec;     /* 0 = never exit */
 } ManagerConfig;
 
 typedef struct Manager {
@@ -36,14 +45,52 @@ typedef struct Manager {
         LockTable *table;
         TokenIssuer *tokens;
         PeerRegistry *peers;
+
+        unsigned max_locks_per_user;
+        unsigned max_waiters_per_user;
+        uint64_t idle_timeout_usec;
+
+        /* Set once the bus name was released for an idle exit. */
+        bool exiting;
+        sd_bus_slot *release_name_slot;
 } Manager;
 
-typedef struct LockRequest {
-        const char *resource;
+typedef struct AcquireRequest AcquireRequest;
+
+/* Called exactly once per request, with error:
+ *    0            granted: hold is the new hold, fd the caller's end of an
+ *                 fd hold (else -1); both borrowed (dup the fd to keep it);
+ *   -EBUSY        another owner holds it and the request does not wait;
+ *                 hold is the holder in the way (NULL if only waiters are);
+ *   -EALREADY     the caller holds it already; hold is that hold;
+ *   -EDQUOT       the caller's uid is over its quota;
+ *   -ETIMEDOUT    waited `timeout_usec` in vain; hold as for -EBUSY;
+ *   -ECONNRESET   the caller left the bus while waiting: nobody to answer;
+ *   -ESHUTDOWN    the daemon is exiting and could not take its name back;
+ *   other         the grant could not be stored, nothing is held. */
+typedef void (*AcquireDone)(AcquireRequest *req, int error, const Hold *hold, int fd);
+
+struct AcquireRequest {
+        /* Set by the caller before manager_submit(). */
+        char *resource;
         LockMode mode;
         HoldScope scope;
-        const char *description;        /* NULL for none */
-} LockRequest;
+        uint64_t timeout_usec;          /* 0 = fail at once, UINT64_MAX = forever */
+        uint64_t ttl_usec;              /* 0 = none */
+        char *description;              /* never NULL */
+        Peer caller;                    /* a copy */
+        AcquireDone done;
+        void *userdata;
+
+        /* The manager's, while the request waits. */
+        Manager *manager;
+        Waiter waiter;
+        sd_event_source *timeout_source;
+};
+
+AcquireRequest *acquire_request_new(const Peer *caller, const char *resource);
+AcquireRequest *acquire_request_free(AcquireRequest *req);
+DEFINE_TRIVIAL_CLEANUP_FUNC(AcquireRequest *, acquire_request_free);
 
 /* Connects to the bus, opens the store (waiting for another daemon on the
  * same lock directory to let go) and reloads the holds. */
@@ -51,20 +98,30 @@ int manager_new(const ManagerConfig *config, Manager **ret);
 Manager *manager_free(Manager *m);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
 
-/* Exports the objects, then takes the bus name, then runs until SIGTERM or
- * SIGINT. */
+/* Exports the objects, then takes the bus name, then runs until SIGTERM,
+ * SIGINT or an idle exit. */
 int manager_run(Manager *m);
 
-/* Grants `req` to `caller` if it fits now. Returns:
- *    0          granted; *ret_hold is the new hold (borrowed);
- *   -EBUSY      another owner holds it; *ret_hold is the blocking hold;
- *   -EALREADY   the caller holds it already; *ret_hold is that hold;
- *   other       the grant could not be stored or no token issued: nothing
- *               is held. */
-int manager_acquire(Manager *m, const Peer *caller, const LockRequest *req, const Hold **ret_hold);
+/* Grants the request now, queues it, or refuses it; req->done is called
+ * exactly once, possibly before this returns. Takes ownership of req. */
+void manager_submit(Manager *m, AcquireRequest *req);
 
-/* Releases a hold (it is freed). For a persistent hold whose file cannot be
- * removed the hold stays and the error is returned: it would come back at
- * the next start. Other holds are released anyway; their files are not
- * trusted at start without their connection. */
+/* Releases a hold (it is freed) and serves the waiters it blocked. For a
+ * persistent hold whose file cannot be removed the hold stays and the error
+ * is returned: it would come back at the next start. Other holds are
+ * released anyway; their files are not trusted at start without their
+ * connection. */
 int manager_release(Manager *m, Hold *h, const char *reason);
+
+/* Releases every hold on `resource`, then serves the waiters. Returns the
+ * number of holds released, or the first error (the holds that could be
+ * released are). */
+int manager_break(Manager *m, const char *resource);
+
+/* Restarts the TTL of a hold from now, durably. *ret_expires_usec is the new
+ * expiry (CLOCK_REALTIME), 0 for a hold without TTL. */
+int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec);
+
+/* True if nothing but durable state is held: no connection or fd holds and
+ * no waiters. */
+bool manager_is_idle(const Manager *m);

@@ -136,6 +136,98 @@ static void test_list_sorted(void) {
         g_assert_cmpstr(((Hold *) all->pdata[1])->sender, ==, ":1.1");
 }
 
+static Waiter make_waiter(const char *resource, LockMode mode, uid_t uid, const char *sender) {
+        return (Waiter) {
+                .resource = resource,
+                .mode = mode,
+                .scope = HOLD_SCOPE_CONNECTION,
+                .uid = uid,
+                .sender = sender,
+        };
+}
+
+/* Serves the head of the queue as the manager does; returns how many were
+ * granted. */
+static unsigned serve(LockTable *t, const char *resource) {
+        unsigned n = 0;
+        Waiter *w;
+
+        while ((w = lock_table_peek_waiter(t, resource)) &&
+               lock_table_check_waiter(t, w, NULL) == LOCK_VERDICT_GRANT) {
+                lock_table_dequeue(t, w);
+                lock_table_add(t, make_hold(w->resource, w->mode, w->scope, w->uid, w->sender));
+                n++;
+        }
+        return n;
+}
+
+static void test_queue_fair(void) {
+        _cleanup_(lock_table_freep) LockTable *t = lock_table_new();
+        Waiter writer = make_waiter("db", LOCK_MODE_EXCLUSIVE, 1001, ":1.2");
+        Waiter reader1 = make_waiter("db", LOCK_MODE_SHARED, 1002, ":1.3");
+        Waiter reader2 = make_waiter("db", LOCK_MODE_SHARED, 1003, ":1.4");
+        const Hold *blocker = NULL;
+        Hold *first;
+
+        first = make_hold("db", LOCK_MODE_SHARED, HOLD_SCOPE_CONNECTION, 1000, ":1.1");
+        lock_table_add(t, first);
+
+        /* A writer waits behind a reader; a later reader fits the holds but
+         * waits behind the writer (no writer starvation). */
+        g_assert_cmpint(lock_table_check(t, "db", LOCK_MODE_EXCLUSIVE, 1001, ":1.2", NULL), ==, LOCK_VERDICT_CONFLICT);
+        lock_table_enqueue(t, &writer);
+        g_assert_cmpint(lock_table_check(t, "db", LOCK_MODE_SHARED, 1002, ":1.3", &blocker), ==, LOCK_VERDICT_CONFLICT);
+        g_assert_true(blocker == first);
+        lock_table_enqueue(t, &reader1);
+        lock_table_enqueue(t, &reader2);
+        g_assert_cmpuint(lock_table_waiter_count(t), ==, 3);
+        g_assert_cmpuint(lock_table_uid_usage(t, 1002).n_waiters, ==, 1);
+
+        /* Nothing moves while the reader holds. */
+        g_assert_cmpuint(serve(t, "db"), ==, 0);
+
+        /* The reader goes: the writer alone gets it. */
+        hold_free(lock_table_remove(t, first));
+        g_assert_cmpuint(serve(t, "db"), ==, 1);
+        g_assert_cmpuint(lock_table_waiter_count(t), ==, 2);
+        g_assert_cmpuint(lock_table_uid_usage(t, 1001).n_holds, ==, 1);
+
+        /* The writer goes: both adjacent readers get it together. */
+        hold_free(lock_table_remove(t, (Hold *) lock_table_get_holds(t, "db")->head->data));
+        g_assert_cmpuint(serve(t, "db"), ==, 2);
+        g_assert_cmpuint(lock_table_waiter_count(t), ==, 0);
+        g_assert_cmpuint(lock_table_uid_usage(t, 1002).n_waiters, ==, 0);
+        g_assert_cmpuint(lock_table_uid_usage(t, 1002).n_holds, ==, 1);
+}
+
+static void test_queue_cancel(void) {
+        _cleanup_(lock_table_freep) LockTable *t = lock_table_new();
+        Waiter a = make_waiter("db", LOCK_MODE_EXCLUSIVE, 1001, ":1.2");
+        Waiter b = make_waiter("db", LOCK_MODE_EXCLUSIVE, 1002, ":1.3");
+        g_autoptr(GPtrArray) of_b = NULL;
+        Hold *h;
+
+        h = make_hold("db", LOCK_MODE_EXCLUSIVE, HOLD_SCOPE_PERSISTENT, 1000, ":1.1");
+        lock_table_add(t, h);
+        lock_table_enqueue(t, &a);
+        lock_table_enqueue(t, &b);
+
+        of_b = lock_table_waiters_of_sender(t, ":1.3");
+        g_assert_cmpuint(of_b->len, ==, 1);
+        g_assert_true(of_b->pdata[0] == &b);
+
+        /* The head leaves (timeout, disconnect): the next one is the head. */
+        lock_table_dequeue(t, &a);
+        g_assert_true(lock_table_peek_waiter(t, "db") == &b);
+
+        /* A resource with only waiters is listed by nobody but still queues. */
+        hold_free(lock_table_remove(t, h));
+        g_assert_cmpuint(lock_table_resource_count(t), ==, 0);
+        g_assert_cmpint(lock_table_check(t, "db", LOCK_MODE_SHARED, 1003, ":1.4", NULL), ==, LOCK_VERDICT_CONFLICT);
+        g_assert_cmpuint(serve(t, "db"), ==, 1);
+        g_assert_cmpuint(lock_table_volatile_hold_count(t), ==, 1);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -144,6 +236,8 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/lock-table/find-owned", test_find_owned);
         g_test_add_func("/lock-table/by-sender", test_by_sender);
         g_test_add_func("/lock-table/list-sorted", test_list_sorted);
+        g_test_add_func("/lock-table/queue/fair", test_queue_fair);
+        g_test_add_func("/lock-table/queue/cancel", test_queue_cancel);
 
         return g_test_run();
 }
