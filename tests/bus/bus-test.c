@@ -1,0 +1,1341 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bus-test.h"
+
+#define DBUS_SERVICE "org.freedesktop.DBus"
+#define DBUS_PATH "/org/freedesktop/DBus"
+#define DBUS_INTERFACE "org.freedesktop.DBus"
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
+
+/* --- Time, processes, files ---------------------------------------------- */
+
+static uint64_t now_monotonic(void) {
+        struct timespec ts;
+
+        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
+        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+}
+
+uint64_t test_now_realtime(void) {
+        struct timespec ts;
+
+        g_assert_cmpint(clock_gettime(CLOCK_REALTIME, &ts), ==, 0);
+        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+}
+
+/* Milliseconds left until deadline (CLOCK_MONOTONIC µs), rounded up; fails
+ * the test naming `what` once it has passed. */
+static int remaining_msec(uint64_t deadline, const char *what) {
+        uint64_t n = now_monotonic();
+
+        if (n >= deadline)
+                g_error("Timed out after %u s waiting for %s", TEST_TIMEOUT_USEC / 1000000U, what);
+        return (int) ((deadline - n + 999U) / 1000U);
+}
+
+/* -ESRCH if the process is already gone. */
+static int pidfd_open_one(pid_t pid) {
+        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
+
+        if (fd < 0) {
+                g_assert_cmpint(errno, ==, ESRCH);
+                return -ESRCH;
+        }
+        return fd;
+}
+
+/* Waits until the process (not necessarily our child) has exited. Returns
+ * false if it did not within timeout_usec. */
+static bool wait_process_gone(pid_t pid, uint64_t timeout_usec) {
+        _cleanup_close_ int pidfd = -1;
+        uint64_t deadline = now_monotonic() + timeout_usec;
+
+        pidfd = pidfd_open_one(pid);
+        if (pidfd < 0)
+                return true;
+
+        for (;;) {
+                struct pollfd p = { .fd = pidfd, .events = POLLIN };
+                uint64_t n = now_monotonic();
+                int r;
+
+                if (n >= deadline)
+                        return false;
+                r = poll(&p, 1, (int) ((deadline - n + 999U) / 1000U));
+                if (r < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(r, >=, 0);
+                if (r > 0)
+                        return true;
+        }
+}
+
+static int waitpid_one(pid_t pid) {
+        int status = 0;
+        pid_t r;
+
+        do
+                r = waitpid(pid, &status, 0);
+        while (r < 0 && errno == EINTR);
+        g_assert_cmpint(r, ==, pid);
+        return status;
+}
+
+static char *format_status(int status) {
+        if (WIFEXITED(status))
+                return g_strdup_printf("exited with status %d", WEXITSTATUS(status));
+        if (WIFSIGNALED(status))
+                return g_strdup_printf("killed by signal %s", strsignal(WTERMSIG(status)));
+        return g_strdup_printf("ended with wait status 0x%x", (unsigned) status);
+}
+
+static int rm_rf_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) remove(path);
+        return 0;
+}
+
+static void rm_rf(const char *path) {
+        (void) nftw(path, rm_rf_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
+/* In a forked child: moves `keep` (if >= 0) to fd 3, closes every other fd
+ * above 2 (so the child holds no copy of the test's bus sockets or pipes),
+ * points stdin at /dev/null and stdout at stderr (stdout is the test's TAP
+ * stream). Only async-signal-safe calls. */
+static void child_setup_fds(int keep) {
+        int null;
+
+        if (keep >= 0 && keep != 3) {
+                if (dup2(keep, 3) < 0)
+                        _exit(127);
+        } else if (keep == 3) {
+                /* dup2(3, 3) would keep O_CLOEXEC. */
+                if (fcntl(3, F_SETFD, 0) < 0)
+                        _exit(127);
+        }
+        (void) close_range(keep >= 0 ? 4 : 3, ~0U, 0);
+
+        null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
+                _exit(127);
+        if (null > STDERR_FILENO)
+                close(null);
+}
+
+/* Reads exactly n bytes; false at EOF or error. */
+static bool read_full(int fd, void *buf, size_t n) {
+        size_t done = 0;
+
+        while (done < n) {
+                ssize_t k = read(fd, (char *) buf + done, n - done);
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        return false;
+                done += (size_t) k;
+        }
+        return true;
+}
+
+/* The guardian (see bus-test.h). It reads from the pipe: 'p' + a pid_t, the
+ * process group to kill; 'q', all cleaned up, just exit. At EOF (the test
+ * died) it kills the group, if it got one, and removes the dir. */
+static pid_t guardian_start(const char *dir, int *ret_fd) {
+        int p[2];
+        pid_t pid;
+
+        g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+        fflush(stdout);
+        fflush(stderr);
+        pid = fork();
+        g_assert_cmpint(pid, >=, 0);
+        if (pid == 0) {
+                pid_t pgid = 0;
+                int null;
+
+                (void) setpgid(0, 0);
+                /* p[0] < p[1]: after this fd 3 is the read end and the
+                 * write end is closed, or we would never see EOF. */
+                if (p[0] != 3 && dup2(p[0], 3) < 0)
+                        _exit(1);
+                (void) close_range(4, ~0U, 0);
+                null = open("/dev/null", O_RDWR);
+                if (null >= 0) {
+                        (void) dup2(null, STDIN_FILENO);
+                        (void) dup2(null, STDOUT_FILENO);
+                        (void) dup2(null, STDERR_FILENO);
+                        if (null > STDERR_FILENO)
+                                close(null);
+                }
+
+                for (;;) {
+                        char c;
+
+                        if (!read_full(3, &c, 1))
+                                break;
+                        if (c == 'q')
+                                _exit(0);
+                        if (c == 'p' && !read_full(3, &pgid, sizeof(pgid)))
+                                break;
+                }
+                if (pgid > 0)
+                        (void) kill(-pgid, SIGKILL);
+                rm_rf(dir);
+                _exit(0);
+        }
+
+        close(p[0]);
+        *ret_fd = p[1];
+        return pid;
+}
+
+static void guardian_send(TestBus *b, char c, const void *data, size_t size) {
+        char buf[1 + sizeof(pid_t)];
+
+        g_assert_cmpuint(size, <, sizeof(buf));
+        buf[0] = c;
+        if (size > 0)
+                memcpy(buf + 1, data, size);
+        /* Under PIPE_BUF: one atomic write. */
+        g_assert_cmpint(write(b->guardian_fd, buf, 1 + size), ==, (ssize_t) (1 + size));
+}
+
+static void write_file(const char *path, const char *contents) {
+        g_autoptr(GError) error = NULL;
+
+        if (!g_file_set_contents(path, contents, -1, &error))
+                g_error("Failed to write %s: %s", path, error->message);
+        g_assert_cmpint(chmod(path, 0644), ==, 0);
+}
+
+static char *read_file(const char *path) {
+        g_autoptr(GError) error = NULL;
+        char *contents = NULL;
+
+        if (!g_file_get_contents(path, &contents, NULL, &error))
+                g_error("Failed to read %s: %s", path, error->message);
+        return contents;
+}
+
+/* --- The bus -------------------------------------------------------------- */
+
+static const char *getenv_required(const char *name) {
+        const char *v = g_getenv(name);
+
+        if (!v || !*v)
+                g_error("$%s is not set: run the bus tests with meson test", name);
+        return v;
+}
+
+/* The daemon's command line, for the activation file and for direct
+ * starts alike. */
+static GStrv daemon_argv(TestBus *b) {
+        GStrvBuilder *builder = g_strv_builder_new();
+        g_autofree char *lock = g_strconcat("--lock-directory=", b->lock_dir, NULL);
+        g_autofree char *runtime = g_strconcat("--runtime-directory=", b->runtime_dir, NULL);
+        GStrv argv;
+
+        g_strv_builder_add(builder, getenv_required("LOCKBUS_DAEMON"));
+        g_strv_builder_add(builder, lock);
+        g_strv_builder_add(builder, runtime);
+        /* No --idle-timeout: the default (30 s) never strikes within a
+         * test case, and an idle exit would be harmless (the next call
+         * activates it again). */
+        argv = g_strv_builder_end(builder);
+        g_strv_builder_unref(builder);
+        return argv;
+}
+
+static void write_bus_config(TestBus *b) {
+        g_autofree char *policy_src = NULL, *policy = NULL, *path = NULL, *services = NULL,
+                *system_d = NULL, *exec = NULL, *service = NULL, *conf = NULL;
+        g_auto(GStrv) argv = NULL;
+        GString *s;
+
+        system_d = g_build_filename(b->dir, "system.d", NULL);
+        services = g_build_filename(b->dir, "services", NULL);
+        g_assert_cmpint(mkdir(system_d, 0755), ==, 0);
+        g_assert_cmpint(mkdir(services, 0755), ==, 0);
+
+        /* A copy of the real policy, so the real policy is what is tested. */
+        policy_src = g_build_filename(getenv_required("LOCKBUS_DBUS_DIR"), "io.lockbus1.conf", NULL);
+        policy = read_file(policy_src);
+        path = g_build_filename(system_d, "io.lockbus1.conf", NULL);
+        write_file(path, policy);
+        g_clear_pointer(&path, g_free);
+
+        /* Without root, the real policy does not let us own the name:
+         * a test-only file does, for our uid only. */
+        if (getuid() != 0) {
+                struct passwd *pw = getpwuid(getuid());
+                g_autofree char *user = pw ? g_strdup(pw->pw_name) : g_strdup_printf("%u", (unsigned) getuid());
+                g_autofree char *test_policy = g_strdup_printf(
+                        "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
+                        " \"https://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+                        "<!-- Test only: the tests run lockbusd as this uid. -->\n"
+                        "<busconfig>\n"
+                        "  <policy user=\"%s\">\n"
+                        "    <allow own=\"" LOCKBUS_BUS_NAME "\"/>\n"
+                        "  </policy>\n"
+                        "</busconfig>\n", user);
+
+                path = g_build_filename(system_d, "zz-test-owner.conf", NULL);
+                write_file(path, test_policy);
+                g_clear_pointer(&path, g_free);
+        }
+
+        /* The activation file. User= and SystemdService= are left out: a
+         * private bus runs services as its own uid and has no systemd. */
+        argv = daemon_argv(b);
+        s = g_string_new(NULL);
+        for (char **a = argv; *a; a++) {
+                g_autofree char *q = g_shell_quote(*a);
+
+                if (s->len > 0)
+                        g_string_append_c(s, ' ');
+                g_string_append(s, q);
+        }
+        exec = g_string_free(s, false);
+        service = g_strdup_printf("[D-BUS Service]\n"
+                                  "Name=" LOCKBUS_BUS_NAME "\n"
+                                  "Exec=%s\n", exec);
+        path = g_build_filename(services, LOCKBUS_BUS_NAME ".service", NULL);
+        write_file(path, service);
+        g_clear_pointer(&path, g_free);
+
+        /* Like Debian's system.conf, minus <user>, <fork/>, <servicehelper>,
+         * pid file and syslog. */
+        conf = g_strdup_printf(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+                " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+                "<busconfig>\n"
+                "  <type>system</type>\n"
+                "  <listen>unix:path=%s/bus.sock</listen>\n"
+                "  <auth>EXTERNAL</auth>\n"
+                "  <servicedir>%s</servicedir>\n"
+                "  <policy context=\"default\">\n"
+                "    <allow user=\"*\"/>\n"
+                "    <deny own=\"*\"/>\n"
+                "    <deny send_type=\"method_call\"/>\n"
+                "    <allow send_type=\"signal\"/>\n"
+                "    <allow send_requested_reply=\"true\" send_type=\"method_return\"/>\n"
+                "    <allow send_requested_reply=\"true\" send_type=\"error\"/>\n"
+                "    <allow receive_type=\"method_call\"/>\n"
+                "    <allow receive_type=\"method_return\"/>\n"
+                "    <allow receive_type=\"error\"/>\n"
+                "    <allow receive_type=\"signal\"/>\n"
+                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus\"/>\n"
+                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Introspectable\"/>\n"
+                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Properties\"/>\n"
+                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus\" send_member=\"UpdateActivationEnvironment\"/>\n"
+                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Debug.Stats\"/>\n"
+                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.systemd1.Activator\"/>\n"
+                "  </policy>\n"
+                "  <policy user=\"root\">\n"
+                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Monitoring\"/>\n"
+                "  </policy>\n"
+                /* A daemon that never takes its name fails the call in
+                 * 10 s rather than 25 s. */
+                "  <limit name=\"service_start_timeout\">%u</limit>\n"
+                "  <includedir>%s</includedir>\n"
+                "</busconfig>\n",
+                b->dir, services, TEST_TIMEOUT_USEC / 1000U, system_d);
+        path = g_build_filename(b->dir, "bus.conf", NULL);
+        write_file(path, conf);
+}
+
+static char *read_address(int fd, pid_t bus_pid) {
+        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        GString *s = g_string_new(NULL);
+
+        while (!strchr(s->str, '\n')) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                char buf[256];
+                ssize_t n;
+                int r;
+
+                r = poll(&p, 1, remaining_msec(deadline, "the bus address from dbus-daemon"));
+                if (r < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(r, >=, 0);
+                if (r == 0)
+                        continue;
+                n = read(fd, buf, sizeof(buf));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(n, >=, 0);
+                if (n == 0) {
+                        g_autofree char *st = format_status(waitpid_one(bus_pid));
+
+                        g_error("dbus-daemon %s before printing its address (see its output above)", st);
+                }
+                g_string_append_len(s, buf, n);
+        }
+
+        g_strchomp(s->str);
+        return g_string_free(s, false);
+}
+
+TestBus *test_bus_new(void) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *dbus_daemon = NULL, *conf = NULL, *config_arg = NULL;
+        TestBus *b;
+        int p[2];
+
+        dbus_daemon = g_find_program_in_path("dbus-daemon");
+        if (!dbus_daemon)
+                g_error("dbus-daemon not found in $PATH");
+
+        /* Processes orphaned in the bus's group (the daemon dbus-daemon
+         * activated, its babysitter) become ours, so test_bus_free() reaps
+         * them instead of leaving zombies to an init that may not. */
+        g_assert_cmpint(prctl(PR_SET_CHILD_SUBREAPER, 1), ==, 0);
+
+        b = g_new0(TestBus, 1);
+        b->guardian_fd = -1;
+        b->dir = g_dir_make_tmp("lockbus-test-XXXXXX", &error);
+        if (!b->dir)
+                g_error("Failed to make a temp dir: %s", error->message);
+        b->guardian_pid = guardian_start(b->dir, &b->guardian_fd);
+        /* Other uids must reach the socket (mkdtemp gives 0700). */
+        g_assert_cmpint(chmod(b->dir, 0755), ==, 0);
+        b->lock_dir = g_build_filename(b->dir, "lib", NULL);
+        b->runtime_dir = g_build_filename(b->dir, "run", NULL);
+
+        write_bus_config(b);
+        conf = g_build_filename(b->dir, "bus.conf", NULL);
+        config_arg = g_strconcat("--config-file=", conf, NULL);
+
+        g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+        fflush(stdout);
+        fflush(stderr);
+        b->bus_pid = fork();
+        g_assert_cmpint(b->bus_pid, >=, 0);
+        if (b->bus_pid == 0) {
+                (void) setpgid(0, 0);
+                child_setup_fds(p[1]);
+                execl(dbus_daemon, "dbus-daemon", config_arg, "--nofork", "--print-address=3", (char *) NULL);
+                _exit(127);
+        }
+        /* Both sides set the group, so it is set whoever runs first. */
+        (void) setpgid(b->bus_pid, b->bus_pid);
+        close(p[1]);
+
+        guardian_send(b, 'p', &b->bus_pid, sizeof(b->bus_pid));
+
+        b->address = read_address(p[0], b->bus_pid);
+        close(p[0]);
+        return b;
+}
+
+static void bus_process_until(sd_bus *bus, const bool *done, int pidfd, const char *what) {
+        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+
+        for (;;) {
+                struct pollfd p[2];
+                uint64_t bus_timeout;
+                int r, n_fds = 1, msec;
+
+                for (;;) {
+                        r = sd_bus_process(bus, NULL);
+                        if (r < 0)
+                                g_error("Failed to process the bus while waiting for %s: %s", what, g_strerror(-r));
+                        if (*done)
+                                return;
+                        if (r == 0)
+                                break;
+                }
+
+                msec = remaining_msec(deadline, what);
+                r = sd_bus_get_timeout(bus, &bus_timeout);
+                g_assert_cmpint(r, >=, 0);
+                if (bus_timeout != UINT64_MAX) {
+                        uint64_t n = now_monotonic();
+                        int bus_msec = bus_timeout <= n ? 0 : (int) ((bus_timeout - n + 999U) / 1000U);
+
+                        msec = MIN(msec, bus_msec);
+                }
+
+                p[0] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
+                if (pidfd >= 0)
+                        p[n_fds++] = (struct pollfd) { .fd = pidfd, .events = POLLIN };
+
+                r = poll(p, n_fds, msec);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(r, >=, 0);
+                if (pidfd >= 0 && (p[1].revents & POLLIN))
+                        /* Let the caller say what happened to it. */
+                        return;
+        }
+}
+
+sd_bus *test_bus_connect(TestBus *b) {
+        sd_bus *bus = NULL;
+        int r;
+
+        g_assert_cmpint(sd_bus_new(&bus), >=, 0);
+        g_assert_cmpint(sd_bus_set_address(bus, b->address), >=, 0);
+        g_assert_cmpint(sd_bus_set_bus_client(bus, true), >=, 0);
+        g_assert_cmpint(sd_bus_set_method_call_timeout(bus, TEST_TIMEOUT_USEC), >=, 0);
+        r = sd_bus_start(bus);
+        if (r < 0)
+                g_error("Failed to connect to %s: %s", b->address, g_strerror(-r));
+        return bus;
+}
+
+struct TestNameWatch {
+        sd_bus_slot *slot;
+        char *name;
+        bool gone;
+        bool appeared;
+};
+
+static int name_watch_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        TestNameWatch *w = userdata;
+        const char *name, *old_owner, *new_owner;
+
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0)
+                return 0;
+        if (!g_str_equal(name, w->name))
+                return 0;
+        if (*new_owner)
+                w->appeared = true;
+        else
+                w->gone = true;
+        return 0;
+}
+
+TestNameWatch *test_bus_watch_name(sd_bus *bus, const char *name) {
+        g_autofree char *rule = NULL;
+        TestNameWatch *w;
+        int r;
+
+        w = g_new0(TestNameWatch, 1);
+        w->name = g_strdup(name);
+        rule = g_strdup_printf("type='signal',sender='" DBUS_SERVICE "',path='" DBUS_PATH "',"
+                               "interface='" DBUS_INTERFACE "',member='NameOwnerChanged',arg0='%s'", name);
+        /* Synchronous: once it returns, the bus has the rule. */
+        r = sd_bus_add_match(bus, &w->slot, rule, name_watch_handler, w);
+        if (r < 0)
+                g_error("Failed to add match %s: %s", rule, g_strerror(-r));
+        return w;
+}
+
+void test_name_watch_wait_gone(TestNameWatch *w) {
+        g_autofree char *what = g_strdup_printf("'%s' to leave the bus", w->name);
+
+        bus_process_until(sd_bus_slot_get_bus(w->slot), &w->gone, -1, what);
+}
+
+void test_name_watch_free(TestNameWatch *w) {
+        if (!w)
+                return;
+        sd_bus_slot_unref(w->slot);
+        g_free(w->name);
+        g_free(w);
+}
+
+void test_bus_disconnect(sd_bus *observer, sd_bus *client) {
+        g_autoptr(TestNameWatch) w = NULL;
+        const char *unique;
+
+        g_assert_cmpint(sd_bus_get_unique_name(client, &unique), >=, 0);
+        w = test_bus_watch_name(observer, unique);
+        sd_bus_flush_close_unref(client);
+        test_name_watch_wait_gone(w);
+}
+
+pid_t test_bus_daemon_pid(TestBus *b) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint32_t pid;
+        int r;
+
+        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetConnectionUnixProcessID",
+                               &error, &reply, "s", LOCKBUS_BUS_NAME);
+        if (sd_bus_error_has_name(&error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                return 0;
+        assert_call_ok(r, &error);
+        g_assert_cmpint(sd_bus_message_read(reply, "u", &pid), >=, 0);
+        g_assert_cmpuint(pid, >, 0);
+        return (pid_t) pid;
+}
+
+pid_t test_bus_activate_daemon(TestBus *b) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOCKBUS_BUS_NAME, "/", "org.freedesktop.DBus.Peer", "Ping",
+                               &error, NULL, NULL);
+        assert_call_ok(r, &error);
+        return test_bus_daemon_pid(b);
+}
+
+void test_bus_start_daemon(TestBus *b) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        g_autoptr(TestNameWatch) w = NULL;
+        _cleanup_close_ int pidfd = -1;
+        g_auto(GStrv) argv = NULL, envp = NULL;
+
+        g_assert_cmpint(test_bus_daemon_pid(b), ==, 0);
+        g_assert_cmpint(b->daemon_pid, ==, 0);
+
+        bus = test_bus_connect(b);
+        w = test_bus_watch_name(bus, LOCKBUS_BUS_NAME);
+
+        argv = daemon_argv(b);
+        envp = g_get_environ();
+        envp = g_environ_setenv(envp, "DBUS_SYSTEM_BUS_ADDRESS", b->address, true);
+        envp = g_environ_unsetenv(envp, "DBUS_STARTER_ADDRESS");
+        envp = g_environ_unsetenv(envp, "DBUS_STARTER_BUS_TYPE");
+
+        fflush(stdout);
+        fflush(stderr);
+        b->daemon_pid = fork();
+        g_assert_cmpint(b->daemon_pid, >=, 0);
+        if (b->daemon_pid == 0) {
+                (void) setpgid(0, b->bus_pid);
+                child_setup_fds(-1);
+                execve(argv[0], argv, envp);
+                _exit(127);
+        }
+        (void) setpgid(b->daemon_pid, b->bus_pid);
+
+        pidfd = pidfd_open_one(b->daemon_pid);
+        if (pidfd >= 0)
+                bus_process_until(bus, &w->appeared, pidfd, "lockbusd to take " LOCKBUS_BUS_NAME);
+        if (!w->appeared) {
+                g_autofree char *st = format_status(waitpid_one(b->daemon_pid));
+
+                b->daemon_pid = 0;
+                g_error("lockbusd %s before taking " LOCKBUS_BUS_NAME " (see its output above)", st);
+        }
+}
+
+void test_bus_kill_daemon(TestBus *b) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
+        g_autoptr(TestNameWatch) w = NULL;
+        pid_t pid;
+
+        w = test_bus_watch_name(bus, LOCKBUS_BUS_NAME);
+        pid = test_bus_daemon_pid(b);
+        g_assert_cmpint(pid, >, 0);
+
+        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
+        if (pid == b->daemon_pid) {
+                int status = waitpid_one(pid);
+
+                g_assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+                b->daemon_pid = 0;
+        }
+        test_name_watch_wait_gone(w);
+}
+
+/* Stops lockbusd with SIGTERM (SIGKILL if it does not go). Best effort:
+ * this runs in teardown, failures here are reported, not fatal. */
+static void stop_lockbusd(TestBus *b) {
+        pid_t pid = test_bus_daemon_pid(b);
+
+        if (pid <= 0)
+                pid = b->daemon_pid;
+        if (pid > 0 && kill(pid, SIGTERM) >= 0 && !wait_process_gone(pid, TEST_TIMEOUT_USEC)) {
+                g_test_message("lockbusd (pid %d) did not exit on SIGTERM, killing it", (int) pid);
+                (void) kill(pid, SIGKILL);
+        }
+        if (b->daemon_pid > 0) {
+                int status = waitpid_one(b->daemon_pid);
+
+                if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                        g_autofree char *st = format_status(status);
+
+                        g_test_message("lockbusd (pid %d) %s on SIGTERM", (int) b->daemon_pid, st);
+                }
+                b->daemon_pid = 0;
+        }
+}
+
+void test_bus_free(TestBus *b) {
+        if (!b)
+                return;
+
+        if (b->bus_pid > 0) {
+                if (b->address)
+                        stop_lockbusd(b);
+                /* Kill the group while its leader is not yet reaped, so the
+                 * group id cannot have been reused. */
+                (void) kill(-b->bus_pid, SIGKILL);
+                /* Reap every member: each one's parent is a member or us,
+                 * and we are the subreaper, so once none of our children
+                 * is left in the group, the group is gone. */
+                for (;;) {
+                        pid_t pid = waitpid(-b->bus_pid, NULL, 0);
+
+                        if (pid < 0 && errno == EINTR)
+                                continue;
+                        if (pid < 0) {
+                                g_assert_cmpint(errno, ==, ECHILD);
+                                break;
+                        }
+                        if (pid == b->daemon_pid)
+                                b->daemon_pid = 0;
+                }
+        }
+        if (b->dir)
+                rm_rf(b->dir);
+        if (b->guardian_fd >= 0) {
+                guardian_send(b, 'q', NULL, 0);
+                close(b->guardian_fd);
+        }
+        if (b->guardian_pid > 0)
+                (void) waitpid_one(b->guardian_pid);
+
+        g_free(b->dir);
+        g_free(b->lock_dir);
+        g_free(b->runtime_dir);
+        g_free(b->address);
+        g_free(b);
+}
+
+gint test_compare_strings(gconstpointer a, gconstpointer b) {
+        return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static void list_tree_rec(const char *root, const char *rel, const char *const *skip, GPtrArray *out) {
+        g_autofree char *path = rel ? g_build_filename(root, rel, NULL) : g_strdup(root);
+        _cleanup_(closedirp) DIR *d = NULL;
+        struct dirent *de;
+
+        d = opendir(path);
+        if (!d)
+                g_error("Failed to open %s: %s", path, g_strerror(errno));
+
+        while ((errno = 0, de = readdir(d))) {
+                g_autofree char *child = NULL, *full = NULL;
+                struct stat st;
+
+                if (g_str_equal(de->d_name, ".") || g_str_equal(de->d_name, ".."))
+                        continue;
+                child = rel ? g_strconcat(rel, "/", de->d_name, NULL) : g_strdup(de->d_name);
+                full = g_build_filename(root, child, NULL);
+                g_ptr_array_add(out, g_strdup(child));
+
+                g_assert_cmpint(lstat(full, &st), ==, 0);
+                if (S_ISDIR(st.st_mode) && !(skip && g_strv_contains(skip, child)))
+                        list_tree_rec(root, child, skip, out);
+        }
+        g_assert_cmpint(errno, ==, 0);
+}
+
+GPtrArray *test_list_tree(const char *root, const char *const *skip) {
+        GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
+
+        list_tree_rec(root, NULL, skip, out);
+        g_ptr_array_sort(out, test_compare_strings);
+        return out;
+}
+
+/* --- Client processes ------------------------------------------------------ */
+
+static int client_main(const char *address, pid_t pgid, uid_t uid, const char *comm, int fd,
+                       TestClientFunc func, void *userdata) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        (void) setpgid(0, pgid);
+        child_setup_fds(fd);
+        fd = 3;
+
+        if (uid != geteuid()) {
+                gid_t gid = (gid_t) uid;
+
+                if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) {
+                        test_client_send(fd, "error setup: failed to become uid %u: %s",
+                                         (unsigned) uid, g_strerror(errno));
+                        return 2;
+                }
+        }
+        if (comm)
+                (void) prctl(PR_SET_NAME, comm);
+
+        if (sd_bus_new(&bus) < 0 ||
+            sd_bus_set_address(bus, address) < 0 ||
+            sd_bus_set_bus_client(bus, true) < 0 ||
+            sd_bus_set_method_call_timeout(bus, TEST_TIMEOUT_USEC) < 0) {
+                test_client_send(fd, "error setup: failed to allocate a bus");
+                return 2;
+        }
+        r = sd_bus_start(bus);
+        if (r < 0) {
+                test_client_send(fd, "error setup: failed to connect: %s", g_strerror(-r));
+                return 2;
+        }
+
+        return func(bus, fd, userdata);
+}
+
+TestClient *test_client_start(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata) {
+        TestClient *c;
+        int sv[2];
+
+        g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+
+        c = g_new0(TestClient, 1);
+        c->buffer = g_string_new(NULL);
+        fflush(stdout);
+        fflush(stderr);
+        c->pid = fork();
+        g_assert_cmpint(c->pid, >=, 0);
+        if (c->pid == 0)
+                /* _exit(): no atexit handlers, no flushing of the test's
+                 * stdio buffers a second time. */
+                _exit(client_main(b->address, b->bus_pid, uid, comm, sv[1], func, userdata));
+
+        (void) setpgid(c->pid, b->bus_pid);
+        close(sv[1]);
+        c->fd = sv[0];
+        return c;
+}
+
+char *test_client_read_line(TestClient *c) {
+        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+
+        for (;;) {
+                const char *nl = memchr(c->buffer->str, '\n', c->buffer->len);
+                struct pollfd p;
+                char buf[4096];
+                ssize_t n;
+                int r;
+
+                if (nl) {
+                        char *line = g_strndup(c->buffer->str, nl - c->buffer->str);
+
+                        g_string_erase(c->buffer, 0, nl - c->buffer->str + 1);
+                        return line;
+                }
+                if (c->fd < 0) {
+                        char *rest;
+
+                        /* EOF: a last line without newline, else NULL. */
+                        if (c->buffer->len == 0)
+                                return NULL;
+                        rest = g_strdup(c->buffer->str);
+                        g_string_truncate(c->buffer, 0);
+                        return rest;
+                }
+
+                p = (struct pollfd) { .fd = c->fd, .events = POLLIN };
+                r = poll(&p, 1, remaining_msec(deadline, "a line from a client process"));
+                if (r < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(r, >=, 0);
+                if (r == 0)
+                        continue;
+                n = read(c->fd, buf, sizeof(buf));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == ECONNRESET)
+                        n = 0;
+                g_assert_cmpint(n, >=, 0);
+                if (n == 0) {
+                        close(c->fd);
+                        c->fd = -1;
+                        continue;
+                }
+                g_string_append_len(c->buffer, buf, n);
+        }
+}
+
+void test_client_wait(TestClient *c) {
+        g_autofree char *st = NULL;
+        int status;
+
+        g_assert_cmpint(c->pid, >, 0);
+        if (!wait_process_gone(c->pid, TEST_TIMEOUT_USEC))
+                g_error("Client process %d did not exit in time", (int) c->pid);
+        status = waitpid_one(c->pid);
+        c->pid = 0;
+        st = format_status(status);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                g_error("Client process %s", st);
+}
+
+void test_client_kill(TestClient *c) {
+        g_assert_cmpint(c->pid, >, 0);
+        g_assert_cmpint(kill(c->pid, SIGKILL), ==, 0);
+        (void) waitpid_one(c->pid);
+        c->pid = 0;
+}
+
+void test_client_free(TestClient *c) {
+        if (!c)
+                return;
+        if (c->pid > 0) {
+                (void) kill(c->pid, SIGKILL);
+                /* Not waitpid_one(): test_bus_free() may have reaped it. */
+                while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+        }
+        if (c->fd >= 0)
+                close(c->fd);
+        if (c->buffer)
+                g_string_free(c->buffer, true);
+        g_free(c);
+}
+
+char *test_bus_run_client(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata) {
+        g_autoptr(TestClient) c = test_client_start(b, uid, comm, func, userdata);
+        GString *out = g_string_new(NULL);
+        char *line;
+
+        while ((line = test_client_read_line(c))) {
+                if (out->len > 0)
+                        g_string_append_c(out, '\n');
+                g_string_append(out, line);
+                g_free(line);
+        }
+        if (g_str_has_prefix(out->str, "error setup:"))
+                g_error("Client process failed: %s", out->str);
+        test_client_wait(c);
+        return g_string_free(out, false);
+}
+
+void test_client_send(int fd, const char *format, ...) {
+        g_autofree char *s = NULL, *line = NULL;
+        size_t len, done = 0;
+        va_list ap;
+
+        va_start(ap, format);
+        s = g_strdup_vprintf(format, ap);
+        va_end(ap);
+        line = g_strconcat(s, "\n", NULL);
+        len = strlen(line);
+
+        while (done < len) {
+                ssize_t n = send(fd, line + done, len - done, MSG_NOSIGNAL);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        _exit(3);
+                done += (size_t) n;
+        }
+}
+
+void test_client_block(int fd) {
+        for (;;) {
+                char buf[64];
+                ssize_t n = read(fd, buf, sizeof(buf));
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return;
+        }
+}
+
+char *test_format_result(int r, const sd_bus_error *error) {
+        if (r >= 0)
+                return g_strdup("ok");
+        if (sd_bus_error_is_set(error))
+                return g_strdup_printf("error %s: %s", error->name, strempty(error->message));
+        return g_strdup_printf("error errno: %s", g_strerror(-r));
+}
+
+static int run_op(sd_bus *bus, const char *method, const char *arg, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+
+        if (g_str_equal(method, "Lock"))
+                return test_lock(bus, arg, NULL, error);
+        if (g_str_equal(method, "Acquire"))
+                return test_acquire(bus, arg, NULL, NULL, error);
+        if (g_str_equal(method, "Unlock"))
+                return test_unlock(bus, arg, error);
+        if (g_str_equal(method, "Owner"))
+                return test_owner(bus, arg, NULL, NULL, error);
+        if (g_str_equal(method, "ListLocks")) {
+                g_autoptr(GPtrArray) locks = NULL;
+
+                return test_list_locks(bus, &locks, error);
+        }
+        if (g_str_equal(method, "Ping"))
+                return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                          "org.freedesktop.DBus.Peer", "Ping", error, NULL, NULL);
+        if (g_str_equal(method, "Introspect"))
+                return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                          "org.freedesktop.DBus.Introspectable", "Introspect",
+                                          error, NULL, NULL);
+        if (g_str_equal(method, "GetVersion"))
+                return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                          "org.freedesktop.DBus.Properties", "Get", error, NULL,
+                                          "ss", LOCKBUS_MANAGER_IFACE, "Version");
+        if (g_str_equal(method, "GetManagedObjects"))
+                return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                          "org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
+                                          error, NULL, NULL);
+        if (g_str_equal(method, "RequestName"))
+                return sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "RequestName",
+                                          error, NULL, "su", arg, 0U);
+        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "test bug: unknown op %s", method);
+}
+
+int test_client_run_ops(sd_bus *bus, int fd, void *userdata) {
+        for (const char *const *op = userdata; *op; op++) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                g_auto(GStrv) words = g_strsplit(*op, " ", 2);
+                g_autofree char *result = NULL;
+                int r;
+
+                r = run_op(bus, words[0], words[1] ? words[1] : "", &error);
+                result = test_format_result(r, &error);
+                test_client_send(fd, "%s", result);
+        }
+        return 0;
+}
+
+/* --- Calls --------------------------------------------------------------- */
+
+int test_lock(sd_bus *bus, const char *resource, uint64_t *ret_token, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint64_t token;
+        int r;
+
+        r = sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "Lock",
+                               error, &reply, "s", resource);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "t", &token);
+        if (r < 0)
+                return r;
+        if (ret_token)
+                *ret_token = token;
+        return 0;
+}
+
+int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token,
+                 sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        static const TestAcquireOptions none = {};
+        uint64_t token;
+        int r;
+
+        if (!o)
+                o = &none;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                           LOCKBUS_MANAGER_IFACE, "Acquire");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "s", resource);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        if (o->mode) {
+                r = sd_bus_message_append(m, "{sv}", "mode", "s", o->mode);
+                if (r < 0)
+                        return r;
+        }
+        if (o->scope) {
+                r = sd_bus_message_append(m, "{sv}", "scope", "s", o->scope);
+                if (r < 0)
+                        return r;
+        }
+        if (o->has_timeout) {
+                r = sd_bus_message_append(m, "{sv}", "timeout", "t", o->timeout);
+                if (r < 0)
+                        return r;
+        }
+        if (o->description) {
+                r = sd_bus_message_append(m, "{sv}", "description", "s", o->description);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_call(bus, m, o->call_timeout_usec, error, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "t", &token);
+        if (r < 0)
+                return r;
+        if (ret_token)
+                *ret_token = token;
+        return 0;
+}
+
+int test_unlock(sd_bus *bus, const char *resource, sd_bus_error *error) {
+        return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "Unlock",
+                                  error, NULL, "s", resource);
+}
+
+void test_holder_free(TestHolder *h) {
+        if (!h)
+                return;
+        g_free(h->resource);
+        g_free(h->mode);
+        g_free(h->comm);
+        g_free(h->sender);
+        g_free(h->scope);
+        g_free(h->description);
+        g_free(h);
+}
+
+static int read_holders(sd_bus_message *reply, bool with_resource, GPtrArray **ret) {
+        g_autoptr(GPtrArray) holders = g_ptr_array_new_with_free_func((GDestroyNotify) test_holder_free);
+        const char *type = with_resource ? "(ssuusstttss)" : "(uusstttss)";
+        int r;
+
+        r = sd_bus_message_enter_container(reply, 'a', type);
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *resource = NULL, *mode = NULL, *comm, *sender, *scope, *description;
+                TestHolder *h;
+
+                h = g_new0(TestHolder, 1);
+                if (with_resource)
+                        r = sd_bus_message_read(reply, "(ssuusstttss)", &resource, &mode,
+                                                &h->uid, &h->pid, &comm, &sender,
+                                                &h->token, &h->since, &h->expires, &scope, &description);
+                else
+                        r = sd_bus_message_read(reply, "(uusstttss)",
+                                                &h->uid, &h->pid, &comm, &sender,
+                                                &h->token, &h->since, &h->expires, &scope, &description);
+                if (r <= 0) {
+                        g_free(h);
+                        if (r < 0)
+                                return r;
+                        break;
+                }
+                h->resource = g_strdup(resource);
+                h->mode = g_strdup(mode);
+                h->comm = g_strdup(comm);
+                h->sender = g_strdup(sender);
+                h->scope = g_strdup(scope);
+                h->description = g_strdup(description);
+                g_ptr_array_add(holders, h);
+        }
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                return r;
+
+        *ret = g_steal_pointer(&holders);
+        return 0;
+}
+
+int test_owner(sd_bus *bus, const char *resource, char **ret_mode, GPtrArray **ret_holders,
+               sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        g_autoptr(GPtrArray) holders = NULL;
+        const char *mode;
+        int r;
+
+        r = sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "Owner",
+                               error, &reply, "s", resource);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "s", &mode);
+        if (r < 0)
+                return r;
+        r = read_holders(reply, false, &holders);
+        if (r < 0)
+                return r;
+
+        if (ret_mode)
+                *ret_mode = g_strdup(mode);
+        if (ret_holders)
+                *ret_holders = g_steal_pointer(&holders);
+        return 0;
+}
+
+int test_list_locks(sd_bus *bus, GPtrArray **ret_locks, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "ListLocks",
+                               error, &reply, NULL);
+        if (r < 0)
+                return r;
+        return read_holders(reply, true, ret_locks);
+}
+
+static void assert_ok_what(int r, const sd_bus_error *error, const char *call, const char *resource) {
+        g_autofree char *what = NULL;
+
+        if (r >= 0)
+                return;
+        what = g_strdup_printf("%s('%s')", call, resource);
+        test_assert_call_ok(r, error, __FILE__, __LINE__, G_STRFUNC, what);
+}
+
+uint64_t test_lock_ok(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t token = 0;
+        int r;
+
+        r = test_lock(bus, resource, &token, &error);
+        assert_ok_what(r, &error, "Lock", resource);
+        g_assert_cmpuint(token, >, 0);
+        return token;
+}
+
+uint64_t test_acquire_ok(sd_bus *bus, const char *resource, const TestAcquireOptions *o) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t token = 0;
+        int r;
+
+        r = test_acquire(bus, resource, o, &token, &error);
+        assert_ok_what(r, &error, "Acquire", resource);
+        g_assert_cmpuint(token, >, 0);
+        return token;
+}
+
+void test_unlock_ok(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = test_unlock(bus, resource, &error);
+        assert_ok_what(r, &error, "Unlock", resource);
+}
+
+GPtrArray *test_owner_ok(sd_bus *bus, const char *resource, char **ret_mode) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        GPtrArray *holders = NULL;
+        int r;
+
+        r = test_owner(bus, resource, ret_mode, &holders, &error);
+        assert_ok_what(r, &error, "Owner", resource);
+        return holders;
+}
+
+GPtrArray *test_list_locks_ok(sd_bus *bus) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        GPtrArray *locks = NULL;
+        int r;
+
+        r = test_list_locks(bus, &locks, &error);
+        assert_call_ok(r, &error);
+        return locks;
+}
+
+void test_assert_not_locked(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autofree char *message = g_strdup_printf("Resource '%s' not locked", resource);
+        int r;
+
+        r = test_owner(bus, resource, NULL, NULL, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_NOT_LOCKED, message);
+}
+
+uint32_t test_get_property_u(sd_bus *bus, const char *name) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint32_t v = 0;
+        int r;
+
+        r = sd_bus_get_property_trivial(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                        name, &error, 'u', &v);
+        assert_call_ok(r, &error);
+        return v;
+}
+
+char *test_get_property_s(sd_bus *bus, const char *name) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_free_ char *v = NULL;
+        int r;
+
+        r = sd_bus_get_property_string(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                       name, &error, &v);
+        assert_call_ok(r, &error);
+        return g_strdup(v);
+}
+
+char *test_get_comm(void) {
+        g_autofree char *comm = read_file("/proc/self/comm");
+
+        return g_strdup(g_strchomp(comm));
+}
+
+/* --- Assertions ------------------------------------------------------------ */
+
+void test_assert_call_ok(int r, const sd_bus_error *error, const char *file, int line,
+                         const char *func, const char *expr) {
+        g_autofree char *result = NULL, *msg = NULL;
+
+        if (r >= 0)
+                return;
+        result = test_format_result(r, error);
+        msg = g_strdup_printf("%s: %s", expr, result);
+        g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
+}
+
+void test_assert_call_error(int r, const sd_bus_error *error, const char *name, const char *message,
+                            const char *file, int line, const char *func) {
+        g_autofree char *result = test_format_result(r, error), *msg = NULL;
+
+        if (r >= 0 && message)
+                msg = g_strdup_printf("expected %s: \"%s\", the call succeeded", name, message);
+        else if (r >= 0)
+                msg = g_strdup_printf("expected %s, the call succeeded", name);
+        else if (!sd_bus_error_has_name(error, name))
+                msg = g_strdup_printf("expected %s, got %s", name, result);
+        else if (message && !g_str_equal(strempty(error->message), message))
+                msg = g_strdup_printf("expected %s: \"%s\", got \"%s\"", name, message, strempty(error->message));
+        if (msg)
+                g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
+}
+
+bool test_skip_unless_root(void) {
+        if (geteuid() == 0)
+                return false;
+        g_test_skip("needs root");
+        return true;
+}
+
+/* --- Fixture ----------------------------------------------------------------- */
+
+void test_fixture_setup(TestFixture *f, gconstpointer data) {
+        f->bus = test_bus_new();
+        f->client = test_bus_connect(f->bus);
+        f->comm = test_get_comm();
+}
+
+void test_fixture_teardown(TestFixture *f, gconstpointer data) {
+        f->client = sd_bus_flush_close_unref(f->client);
+        g_clear_pointer(&f->bus, test_bus_free);
+        g_clear_pointer(&f->comm, g_free);
+}
+
+const char *test_unique_name(sd_bus *bus) {
+        const char *unique = NULL;
+
+        g_assert_cmpint(sd_bus_get_unique_name(bus, &unique), >=, 0);
+        return unique;
+}

@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* A private, system-like bus for the bus tests (TESTING.md §1).
+ *
+ * test_bus_new() makes a 0755 temp dir DIR and starts
+ *   dbus-daemon --config-file=DIR/bus.conf --nofork --print-address=FD
+ * with <type>system</type>, unix:path=DIR/bus.sock, EXTERNAL auth, a
+ * default policy like Debian's system.conf, <includedir>DIR/system.d</>
+ * holding a copy of the project's own dbus/io.lockbus1.conf (plus, when not
+ * root, a test-only file letting the current uid own io.lockbus1), and
+ * <servicedir>DIR/services</> with an activation file whose Exec= is the
+ * build tree's lockbusd:
+ *   lockbusd --lock-directory=DIR/lib --runtime-directory=DIR/run
+ * The first call to io.lockbus1 activates it; test_bus_start_daemon()
+ * starts the same command line directly instead.
+ *
+ * Paths come from the environment, set by tests/bus/meson.build:
+ *   LOCKBUS_DAEMON    the lockbusd binary of the build tree
+ *   LOCKBUS_DBUS_DIR  the source dbus/ directory (policy, interface XML)
+ *
+ * Cleanup, also on failure: dbus-daemon leads a process group of its own;
+ * the daemon it activates, a daemon started directly and every client
+ * process join it. A small guardian process (in a group of its own, so a
+ * harness killing the test's group does not take it along) holds a pipe
+ * from the test: when the test dies without test_bus_free() (a failed
+ * assertion aborts), the pipe hits EOF and the guardian SIGKILLs the group
+ * and removes DIR. The test process makes itself a child subreaper, so
+ * test_bus_free() reaps every member of the group, also the daemon that
+ * dbus-daemon spawned, instead of leaving zombies behind.
+ *
+ * Nothing here sleeps: every wait is on a bus message, a pidfd or a pipe,
+ * bounded by TEST_TIMEOUT_USEC after which the test fails. All functions
+ * assert (g_assert) instead of returning errors, except the call wrappers,
+ * which return the call's result so tests can check error names. */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <glib.h>
+#include <systemd/sd-bus.h>
+
+#include "lockbus-names.h"
+#include "macro.h"
+
+/* Upper bound of any single wait; reaching it fails the test. */
+#define TEST_TIMEOUT_USEC (10U * 1000U * 1000U)
+
+/* The unprivileged identity used for "another user" (nobody/nogroup). */
+#define TEST_OTHER_UID ((uid_t) 65534)
+
+typedef struct TestBus {
+        char *dir;              /* 0755, removed by test_bus_free() */
+        char *lock_dir;         /* DIR/lib, --lock-directory */
+        char *runtime_dir;      /* DIR/run, --runtime-directory */
+        char *address;          /* the bus address printed by dbus-daemon */
+        pid_t bus_pid;          /* dbus-daemon, leader of its process group */
+        pid_t daemon_pid;       /* lockbusd started directly, else 0 */
+        pid_t guardian_pid;
+        int guardian_fd;        /* write end: 'p'+pgid, then 'q' = all cleaned up */
+} TestBus;
+
+TestBus *test_bus_new(void);
+void test_bus_free(TestBus *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestBus, test_bus_free)
+
+/* A new client connection (Hello done) as the current user. */
+sd_bus *test_bus_connect(TestBus *b);
+
+/* Starts lockbusd directly (not by activation) with the activation file's
+ * arguments and returns once it owns io.lockbus1 (fails if it exits
+ * first). Asserts that nobody owns the name before. */
+void test_bus_start_daemon(TestBus *b);
+
+/* PID of the current owner of io.lockbus1, 0 if none. Does not activate. */
+pid_t test_bus_daemon_pid(TestBus *b);
+
+/* Makes sure lockbusd runs (activating it with a Peer.Ping) and returns
+ * its PID. */
+pid_t test_bus_activate_daemon(TestBus *b);
+
+/* SIGKILLs the running lockbusd (activated or direct) and returns once the
+ * bus has dropped its name. Asserts that one is running. */
+void test_bus_kill_daemon(TestBus *b);
+
+/* Waits until the bus reports that `name` (a unique name) has no owner:
+ * NameOwnerChanged(name, old, ""). `bus` must have been subscribed with
+ * test_bus_watch_name() before the name could go away. */
+typedef struct TestNameWatch TestNameWatch;
+TestNameWatch *test_bus_watch_name(sd_bus *bus, const char *name);
+void test_name_watch_wait_gone(TestNameWatch *w);
+void test_name_watch_free(TestNameWatch *w);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestNameWatch, test_name_watch_free)
+
+/* Closes a client connection and returns once the bus has processed the
+ * disconnect (NameOwnerChanged seen on `observer`). */
+void test_bus_disconnect(sd_bus *observer, sd_bus *client);
+
+/* Every path (relative to root, "/"-separated, sorted) in the tree at root,
+ * not following symlinks; entries below the given relative directories
+ * (e.g. "lib", "run") are left out, the directories themselves not. */
+GPtrArray *test_list_tree(const char *root, const char *const *skip);
+
+/* For g_ptr_array_sort() of an array of strings. */
+gint test_compare_strings(gconstpointer a, gconstpointer b);
+
+/* --- Client processes ---------------------------------------------------
+ *
+ * A client is a forked process that joins the bus's process group, drops
+ * to `uid` (gid = uid, no supplementary groups) when uid differs from the
+ * current one, sets its comm to `comm`, connects to the bus and runs
+ * func(bus, fd, userdata); its return value is the exit status. fd is one
+ * end of a socketpair: the child writes result lines with
+ * test_client_send(). The child must not use g_assert or print to stdout
+ * (it shares the TAP stream); it reports through fd instead. */
+
+typedef int (*TestClientFunc)(sd_bus *bus, int fd, void *userdata);
+
+typedef struct TestClient {
+        pid_t pid;
+        int fd;
+        GString *buffer;        /* read but not yet returned */
+} TestClient;
+
+TestClient *test_client_start(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata);
+/* Next line from the child without its newline, NULL at EOF. */
+char *test_client_read_line(TestClient *c);
+/* Waits for the child to exit and asserts it exited with status 0. */
+void test_client_wait(TestClient *c);
+/* SIGKILL + waitpid. */
+void test_client_kill(TestClient *c);
+/* Kills a child still running. */
+void test_client_free(TestClient *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestClient, test_client_free)
+
+/* Runs a client to completion; returns all its lines joined with "\n". */
+char *test_bus_run_client(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata);
+
+/* A TestClientFunc running userdata, a NULL-terminated array of strings
+ * "METHOD ARG", one after the other on one connection, and sending one
+ * result line (test_format_result()) per call. METHOD is one of:
+ *   Lock R, Acquire R (no options), Unlock R, Owner R, ListLocks,
+ *   Ping (Peer.Ping), Introspect, GetVersion (Properties.Get Version),
+ *   GetManagedObjects (ObjectManager, which the policy does not allow),
+ *   RequestName N (org.freedesktop.DBus.RequestName). */
+int test_client_run_ops(sd_bus *bus, int fd, void *userdata);
+
+/* Child side. */
+void test_client_send(int fd, const char *format, ...) _printf_(2, 3);
+/* Blocks until the parent closes its end (or kills the child). */
+void test_client_block(int fd);
+/* "ok" for r >= 0, else "error NAME: MESSAGE" (or "error errno: TEXT"). */
+char *test_format_result(int r, const sd_bus_error *error);
+
+/* --- Calls of io.lockbus1.Manager ---------------------------------------
+ * Each returns the sd-bus result (negative on error, with *error set). */
+
+typedef struct TestAcquireOptions {
+        const char *mode;               /* NULL: not passed */
+        const char *scope;              /* NULL: not passed */
+        const char *description;        /* NULL: not passed */
+        bool has_timeout;
+        uint64_t timeout;
+        uint64_t call_timeout_usec;     /* 0: TEST_TIMEOUT_USEC */
+} TestAcquireOptions;
+
+typedef struct TestHolder {
+        char *resource;                 /* ListLocks only */
+        char *mode;                     /* ListLocks only */
+        uint32_t uid;
+        uint32_t pid;
+        char *comm;
+        char *sender;
+        uint64_t token;
+        uint64_t since;
+        uint64_t expires;
+        char *scope;
+        char *description;
+} TestHolder;
+
+void test_holder_free(TestHolder *h);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestHolder, test_holder_free)
+
+int test_lock(sd_bus *bus, const char *resource, uint64_t *ret_token, sd_bus_error *error);
+int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token, sd_bus_error *error);
+int test_unlock(sd_bus *bus, const char *resource, sd_bus_error *error);
+/* ret_holders: GPtrArray of TestHolder (resource and mode NULL). */
+int test_owner(sd_bus *bus, const char *resource, char **ret_mode, GPtrArray **ret_holders, sd_bus_error *error);
+/* ret_locks: GPtrArray of TestHolder with resource and mode set. */
+int test_list_locks(sd_bus *bus, GPtrArray **ret_locks, sd_bus_error *error);
+/* The same, asserting success (the failure names the call and resource);
+ * tokens are asserted to be > 0. */
+uint64_t test_lock_ok(sd_bus *bus, const char *resource);
+uint64_t test_acquire_ok(sd_bus *bus, const char *resource, const TestAcquireOptions *o);
+void test_unlock_ok(sd_bus *bus, const char *resource);
+GPtrArray *test_owner_ok(sd_bus *bus, const char *resource, char **ret_mode);
+GPtrArray *test_list_locks_ok(sd_bus *bus);
+/* Owner(resource) fails with NotLocked "Resource 'R' not locked". */
+void test_assert_not_locked(sd_bus *bus, const char *resource);
+
+uint32_t test_get_property_u(sd_bus *bus, const char *name);
+char *test_get_property_s(sd_bus *bus, const char *name);
+
+/* The comm of this process (/proc/self/comm), as the daemon reports it. */
+char *test_get_comm(void);
+/* CLOCK_REALTIME in µs. */
+uint64_t test_now_realtime(void);
+
+/* Fails the test with the call's error unless r >= 0. */
+#define assert_call_ok(r, error)                                                \
+        test_assert_call_ok((r), (error), __FILE__, __LINE__, G_STRFUNC, #r)
+void test_assert_call_ok(int r, const sd_bus_error *error, const char *file, int line,
+                         const char *func, const char *expr);
+
+/* Fails the test unless r < 0 and error has the given name (and, if
+ * message is not NULL, exactly that message). */
+#define assert_call_error(r, error, name, message)                              \
+        test_assert_call_error((r), (error), (name), (message), __FILE__, __LINE__, G_STRFUNC)
+void test_assert_call_error(int r, const sd_bus_error *error, const char *name, const char *message,
+                            const char *file, int line, const char *func);
+
+/* Skips the current test case unless running as root. Returns true if
+ * skipped. */
+bool test_skip_unless_root(void);
+
+/* --- Per-test-case fixture ------------------------------------------------
+ * A fresh bus (and so a fresh lockbusd with empty directories, activated
+ * on the first call) per test case, so cases never share state. */
+
+typedef struct TestFixture {
+        TestBus *bus;
+        sd_bus *client;         /* connected as the current user */
+        char *comm;             /* this process's comm, as the daemon reports it */
+} TestFixture;
+
+void test_fixture_setup(TestFixture *f, gconstpointer data);
+void test_fixture_teardown(TestFixture *f, gconstpointer data);
+
+#define test_add(path, func) \
+        g_test_add((path), TestFixture, NULL, test_fixture_setup, (func), test_fixture_teardown)
+
+/* The unique name of a connection. */
+const char *test_unique_name(sd_bus *bus);
