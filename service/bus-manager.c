@@ -172,6 +172,27 @@ static int get_caller(Manager *m, sd_bus_message *message, const Peer **ret, sd_
         return 0;
 }
 
+/* The preamble of every call on a resource: its name, then the caller. */
+static int read_resource_and_caller(Manager *m, sd_bus_message *message, const char **ret_resource,
+                                    const Peer **ret_caller, sd_bus_error *error) {
+        int r;
+
+        r = read_resource(message, ret_resource, error);
+        if (r < 0)
+                return r;
+        return get_caller(m, message, ret_caller, error);
+}
+
+static const char *directory_of_scope(Manager *m, HoldScope scope) {
+        return scope == HOLD_SCOPE_PERSISTENT ? store_lock_directory(m->store) : store_runtime_directory(m->store);
+}
+
+static int set_error_storage(sd_bus_error *error, const char *failed_to, const char *resource,
+                             const char *directory, int r) {
+        return sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to %s the lock on '%s' in %s: %s",
+                                 failed_to, resource, directory, strerror(-r));
+}
+
 static void log_refusal(const Peer *caller, const char *method, const sd_bus_error *error) {
         log_info("Refused %s from uid " UID_FMT " (pid " PID_FMT ", %s, %s): %s",
                  method, caller->uid, caller->pid, caller->comm, caller->name, error->message);
@@ -242,11 +263,7 @@ static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, i
                 break;
 
         default:
-                sd_bus_error_setf(&error, LOCKBUS_ERROR_STORAGE, "Failed to store the lock on '%s' in %s: %s",
-                                  req->resource,
-                                  req->scope == HOLD_SCOPE_PERSISTENT ? store_lock_directory(m->store)
-                                                                      : store_runtime_directory(m->store),
-                                  strerror(-result));
+                set_error_storage(&error, "store", req->resource, directory_of_scope(m, req->scope), result);
         }
 
         log_refusal(&req->caller, "lock", &error);
@@ -271,10 +288,7 @@ static int method_lock(sd_bus_message *message, void *userdata, sd_bus_error *er
         const char *resource;
         int r;
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-        r = get_caller(m, message, &caller, error);
+        r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
 
@@ -358,10 +372,7 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
         Hold *h = NULL;
         int r;
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-        r = get_caller(m, message, &caller, error);
+        r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
         r = find_callers_hold(m, resource, caller, "unlocked", &h, error);
@@ -370,8 +381,7 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
 
         r = manager_release(m, h, "Released (unlocked)");
         if (r < 0) {
-                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to remove the lock on '%s' from %s: %s",
-                                  resource, store_lock_directory(m->store), strerror(-r));
+                set_error_storage(error, "remove", resource, store_lock_directory(m->store), r);
                 log_refusal(caller, "unlock", error);
                 return r;
         }
@@ -387,10 +397,7 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
         Hold *h = NULL;
         int r;
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-        r = get_caller(m, message, &caller, error);
+        r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
         r = find_callers_hold(m, resource, caller, "refreshed", &h, error);
@@ -399,10 +406,7 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
 
         r = manager_refresh(m, h, &expires);
         if (r < 0) {
-                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE, "Failed to store the refreshed lock on '%s' in %s: %s",
-                                  resource,
-                                  hold_is_persistent(h) ? store_lock_directory(m->store) : store_runtime_directory(m->store),
-                                  strerror(-r));
+                set_error_storage(error, "refresh", resource, directory_of_scope(m, h->scope), r);
                 log_refusal(caller, "refresh", error);
                 return r;
         }
@@ -416,10 +420,7 @@ static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *e
         const char *resource;
         int r;
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-        r = get_caller(m, message, &caller, error);
+        r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
 
@@ -443,9 +444,7 @@ static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *e
                    resource, caller->uid, caller->pid, caller->comm, caller->name);
         r = manager_break(m, resource);
         if (r < 0) {
-                sd_bus_error_setf(error, LOCKBUS_ERROR_STORAGE,
-                                  "Failed to remove a persistent lock on '%s' from %s: %s",
-                                  resource, store_lock_directory(m->store), strerror(-r));
+                set_error_storage(error, "break", resource, store_lock_directory(m->store), r);
                 log_refusal(caller, "break", error);
                 return r;
         }
