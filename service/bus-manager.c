@@ -340,8 +340,8 @@ static int method_acquire_fd(sd_bus_message *message, void *userdata, sd_bus_err
 
 /* Finds the caller's own hold on `resource` for Unlock and Refresh, or sets
  * NotLocked / NotOwner. */
-static int find_callers_hold(Manager *m, const char *resource, const Peer *caller, const char *verb,
-                             Hold **ret, sd_bus_error *error) {
+static int find_callers_hold(Manager *m, const char *resource, const Peer *caller, const char *method,
+                             const char *verb_participle, Hold **ret, sd_bus_error *error) {
         const GQueue *holds;
         Hold *h = NULL;
 
@@ -359,9 +359,9 @@ static int find_callers_hold(Manager *m, const char *resource, const Peer *calle
 
                 sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_OWNER,
                                   "Resource '%s' locked by uid " UID_FMT " cannot be %s by uid " UID_FMT,
-                                  resource, first->uid, verb, caller->uid);
+                                  resource, first->uid, verb_participle, caller->uid);
         }
-        log_refusal(caller, verb, error);
+        log_refusal(caller, method, error);
         return -sd_bus_error_get_errno(error);
 }
 
@@ -375,7 +375,7 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
         r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
-        r = find_callers_hold(m, resource, caller, "unlocked", &h, error);
+        r = find_callers_hold(m, resource, caller, "unlock", "unlocked", &h, error);
         if (r < 0)
                 return r;
 
@@ -400,7 +400,7 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
         r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
-        r = find_callers_hold(m, resource, caller, "refreshed", &h, error);
+        r = find_callers_hold(m, resource, caller, "refresh", "refreshed", &h, error);
         if (r < 0)
                 return r;
 

@@ -534,6 +534,11 @@ static int manager_connect_bus(Manager *m, bool user_bus) {
         if (r < 0)
                 return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
 
+        /* Without its bus the daemon serves nobody; the holds are on disk. */
+        r = sd_bus_set_exit_on_disconnect(m->bus, true);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set exit on disconnect: %m");
+
         r = sd_bus_get_bus_id(m->bus, &id);
         if (r < 0)
                 return log_error_errno(r, "Failed to get the bus ID: %m");
