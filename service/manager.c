@@ -423,21 +423,31 @@ bool manager_is_idle(const Manager *m) {
 static void on_peer_gone(const char *name, void *userdata) {
         Manager *m = userdata;
         g_autoptr(GPtrArray) waiters = lock_table_waiters_of_sender(m->table, name);
-        g_autoptr(GPtrArray) holds = NULL;
+        g_autoptr(GPtrArray) holds = lock_table_holds_of_sender(m->table, name);
+        g_autoptr(GPtrArray) resources = g_ptr_array_new_with_free_func(g_free);
 
-        /* Its waiters first, so that its released holds are not granted to
-         * them. */
-        for (guint i = 0; i < waiters->len; i++)
-                manager_cancel_waiter(m, container_of(waiters->pdata[i], AcquireRequest, waiter), -ECONNRESET);
+        /* Everything of the peer goes before any waiter is served, so that
+         * nothing is granted to its own waiters, which are gone too. */
+        for (guint i = 0; i < waiters->len; i++) {
+                AcquireRequest *req = container_of(waiters->pdata[i], AcquireRequest, waiter);
+
+                g_ptr_array_add(resources, g_strdup(req->resource));
+                lock_table_dequeue(m->table, &req->waiter);
+                acquire_request_complete(req, -ECONNRESET, NULL, -1);
+        }
 
         /* fd holds live on while their fd is open, wherever it went. */
-        holds = lock_table_holds_of_sender(m->table, name);
         for (guint i = 0; i < holds->len; i++) {
                 Hold *h = holds->pdata[i];
 
-                if (h->scope == HOLD_SCOPE_CONNECTION)
-                        (void) manager_release(m, h, "Released (connection closed)");
+                if (h->scope != HOLD_SCOPE_CONNECTION)
+                        continue;
+                g_ptr_array_add(resources, g_strdup(h->resource));
+                (void) manager_remove_hold(m, h, "Released (connection closed)");
         }
+
+        for (guint i = 0; i < resources->len; i++)
+                manager_serve_waiters(m, resources->pdata[i]);
 }
 
 /* Puts a hold read from disk back into the table, or drops it. Takes
