@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -27,6 +28,9 @@
 #define DBUS_INTERFACE "org.freedesktop.DBus"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
+
+static int new_acquire_message(sd_bus *bus, const char *member, const char *resource, const TestAcquireOptions *o,
+                               sd_bus_message **ret);
 
 /* --- Time, processes, files ---------------------------------------------- */
 
@@ -91,6 +95,28 @@ static bool wait_process_gone(pid_t pid, uint64_t timeout_usec) {
         }
 }
 
+int test_pidfd_open(pid_t pid) {
+        int fd = pidfd_open_one(pid);
+
+        return fd < 0 ? -1 : fd;
+}
+
+void test_pidfd_wait_exit(int pidfd, const char *what) {
+        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+
+        g_assert_cmpint(pidfd, >=, 0);
+        for (;;) {
+                struct pollfd p = { .fd = pidfd, .events = POLLIN };
+                int r = poll(&p, 1, remaining_msec(deadline, what));
+
+                if (r < 0 && errno == EINTR)
+                        continue;
+                g_assert_cmpint(r, >=, 0);
+                if (r > 0)
+                        return;
+        }
+}
+
 static int waitpid_one(pid_t pid) {
         int status = 0;
         pid_t r;
@@ -135,6 +161,24 @@ static void child_setup_fds(int keep) {
                         _exit(127);
         }
         (void) close_range(keep >= 0 ? 4 : 3, ~0U, 0);
+
+        null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
+                _exit(127);
+        if (null > STDERR_FILENO)
+                close(null);
+}
+
+/* As child_setup_fds(), keeping two fds: keep3 becomes fd 3, keep4 fd 4. */
+static void child_setup_fds_keeping_two(int keep3, int keep4) {
+        int a, b, null;
+
+        /* Out of the way first, so neither dup2() overwrites the other. */
+        a = fcntl(keep3, F_DUPFD, 100);
+        b = fcntl(keep4, F_DUPFD, 100);
+        if (a < 0 || b < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0)
+                _exit(127);
+        (void) close_range(5, ~0U, 0);
 
         null = open("/dev/null", O_RDONLY);
         if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
@@ -260,9 +304,11 @@ static GStrv daemon_argv(TestBus *b) {
         g_strv_builder_add(builder, getenv_required("LOCKBUS_DAEMON"));
         g_strv_builder_add(builder, lock);
         g_strv_builder_add(builder, runtime);
-        /* No --idle-timeout: the default (30 s) never strikes within a
-         * test case, and an idle exit would be harmless (the next call
-         * activates it again). */
+        /* No --idle-timeout unless a test asks for one: the default (30 s)
+         * never strikes within a test case, and an idle exit would be
+         * harmless (the next call activates it again). */
+        for (char **a = b->extra_args; a && *a; a++)
+                g_strv_builder_add(builder, *a);
         argv = g_strv_builder_end(builder);
         g_strv_builder_unref(builder);
         return argv;
@@ -399,6 +445,10 @@ static char *read_address(int fd, pid_t bus_pid) {
 }
 
 TestBus *test_bus_new(void) {
+        return test_bus_new_with_args(NULL);
+}
+
+TestBus *test_bus_new_with_args(const char *const *extra_args) {
         g_autoptr(GError) error = NULL;
         g_autofree char *dbus_daemon = NULL, *conf = NULL, *config_arg = NULL;
         TestBus *b;
@@ -423,6 +473,7 @@ TestBus *test_bus_new(void) {
         g_assert_cmpint(chmod(b->dir, 0755), ==, 0);
         b->lock_dir = g_build_filename(b->dir, "lib", NULL);
         b->runtime_dir = g_build_filename(b->dir, "run", NULL);
+        b->extra_args = extra_args ? g_strdupv((char **) extra_args) : NULL;
 
         write_bus_config(b);
         conf = g_build_filename(b->dir, "bus.conf", NULL);
@@ -511,6 +562,9 @@ struct TestNameWatch {
         char *name;
         bool gone;
         bool appeared;
+        GPtrArray *lost_by;     /* old owners of the "no owner" signals, in order */
+        char *wait_owner;       /* test_name_watch_wait_lost_by() */
+        bool wait_done;
 };
 
 static int name_watch_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -523,8 +577,12 @@ static int name_watch_handler(sd_bus_message *m, void *userdata, sd_bus_error *r
                 return 0;
         if (*new_owner)
                 w->appeared = true;
-        else
+        else {
                 w->gone = true;
+                g_ptr_array_add(w->lost_by, g_strdup(old_owner));
+                if (w->wait_owner && g_str_equal(w->wait_owner, old_owner))
+                        w->wait_done = true;
+        }
         return 0;
 }
 
@@ -535,6 +593,7 @@ TestNameWatch *test_bus_watch_name(sd_bus *bus, const char *name) {
 
         w = g_new0(TestNameWatch, 1);
         w->name = g_strdup(name);
+        w->lost_by = g_ptr_array_new_with_free_func(g_free);
         rule = g_strdup_printf("type='signal',sender='" DBUS_SERVICE "',path='" DBUS_PATH "',"
                                "interface='" DBUS_INTERFACE "',member='NameOwnerChanged',arg0='%s'", name);
         /* Synchronous: once it returns, the bus has the rule. */
@@ -550,12 +609,48 @@ void test_name_watch_wait_gone(TestNameWatch *w) {
         bus_process_until(sd_bus_slot_get_bus(w->slot), &w->gone, -1, what);
 }
 
+unsigned test_name_watch_n_gone(const TestNameWatch *w) {
+        return w->lost_by->len;
+}
+
+bool test_name_watch_lost_by(const TestNameWatch *w, const char *old_owner) {
+        return g_ptr_array_find_with_equal_func(w->lost_by, old_owner, g_str_equal, NULL);
+}
+
+void test_name_watch_wait_lost_by(TestNameWatch *w, const char *old_owner) {
+        g_autofree char *what = g_strdup_printf("'%s' to lose '%s'", old_owner, w->name);
+
+        if (test_name_watch_lost_by(w, old_owner))
+                return;
+        g_free(w->wait_owner);
+        w->wait_owner = g_strdup(old_owner);
+        w->wait_done = false;
+        bus_process_until(sd_bus_slot_get_bus(w->slot), &w->wait_done, -1, what);
+        g_clear_pointer(&w->wait_owner, g_free);
+}
+
 void test_name_watch_free(TestNameWatch *w) {
         if (!w)
                 return;
         sd_bus_slot_unref(w->slot);
         g_free(w->name);
+        g_ptr_array_unref(w->lost_by);
+        g_free(w->wait_owner);
         g_free(w);
+}
+
+void test_bus_sync(sd_bus *bus) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        /* Signals that arrive before the reply are queued, not dispatched,
+         * by sd_bus_call(); the loop dispatches them. */
+        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetId", &error, NULL, NULL);
+        assert_call_ok(r, &error);
+        do
+                r = sd_bus_process(bus, NULL);
+        while (r > 0);
+        g_assert_cmpint(r, ==, 0);
 }
 
 void test_bus_disconnect(sd_bus *observer, sd_bus *client) {
@@ -583,6 +678,39 @@ pid_t test_bus_daemon_pid(TestBus *b) {
         g_assert_cmpint(sd_bus_message_read(reply, "u", &pid), >=, 0);
         g_assert_cmpuint(pid, >, 0);
         return (pid_t) pid;
+}
+
+pid_t test_bus_pid_of(TestBus *b, const char *unique_name) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint32_t pid;
+        int r;
+
+        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetConnectionUnixProcessID",
+                               &error, &reply, "s", unique_name);
+        if (sd_bus_error_has_name(&error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                return 0;
+        assert_call_ok(r, &error);
+        g_assert_cmpint(sd_bus_message_read(reply, "u", &pid), >=, 0);
+        g_assert_cmpuint(pid, >, 0);
+        return (pid_t) pid;
+}
+
+char *test_bus_daemon_name(TestBus *b) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *owner;
+        int r;
+
+        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetNameOwner",
+                               &error, &reply, "s", LOCKBUS_BUS_NAME);
+        if (sd_bus_error_has_name(&error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                return NULL;
+        assert_call_ok(r, &error);
+        g_assert_cmpint(sd_bus_message_read(reply, "s", &owner), >=, 0);
+        return g_strdup(owner);
 }
 
 pid_t test_bus_activate_daemon(TestBus *b) {
@@ -718,6 +846,7 @@ void test_bus_free(TestBus *b) {
         g_free(b->lock_dir);
         g_free(b->runtime_dir);
         g_free(b->address);
+        g_strfreev(b->extra_args);
         g_free(b);
 }
 
@@ -806,6 +935,7 @@ TestClient *test_client_start(TestBus *b, uid_t uid, const char *comm, TestClien
 
         c = g_new0(TestClient, 1);
         c->buffer = g_string_new(NULL);
+        c->replies = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
         fflush(stdout);
         fflush(stderr);
         c->pid = fork();
@@ -904,7 +1034,50 @@ void test_client_free(TestClient *c) {
                 close(c->fd);
         if (c->buffer)
                 g_string_free(c->buffer, true);
+        if (c->replies)
+                g_hash_table_unref(c->replies);
         g_free(c);
+}
+
+TestClient *test_client_start_holding_fd(TestBus *b, int fd) {
+        TestClient *c;
+        int sv[2];
+
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+
+        c = g_new0(TestClient, 1);
+        c->buffer = g_string_new(NULL);
+        c->replies = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        fflush(stdout);
+        fflush(stderr);
+        c->pid = fork();
+        g_assert_cmpint(c->pid, >=, 0);
+        if (c->pid == 0) {
+                char buf[64];
+                ssize_t n;
+
+                (void) setpgid(0, b->bus_pid);
+                child_setup_fds_keeping_two(sv[1], fd);
+                /* fd 4 is the copy we keep; EOF on fd 3 ends us. */
+                do
+                        n = read(3, buf, sizeof(buf));
+                while (n > 0 || (n < 0 && errno == EINTR));
+                _exit(0);
+        }
+
+        (void) setpgid(c->pid, b->bus_pid);
+        close(sv[1]);
+        c->fd = sv[0];
+        return c;
+}
+
+void test_client_finish(TestClient *c) {
+        if (c->fd >= 0) {
+                close(c->fd);
+                c->fd = -1;
+        }
+        test_client_wait(c);
 }
 
 char *test_bus_run_client(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata) {
@@ -956,6 +1129,282 @@ void test_client_block(int fd) {
                 if (n <= 0)
                         return;
         }
+}
+
+/* test_client_serve(): child side. No g_assert here (see above). */
+
+typedef struct ServeCall {
+        int fd;
+        char *id;
+} ServeCall;
+
+static int serve_reply_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        ServeCall *sc = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(m);
+        g_autofree char *result = NULL;
+        uint64_t token;
+
+        if (e)
+                result = test_format_result(-(sd_bus_error_get_errno(e) ?: EIO), e);
+        else if (sd_bus_message_read(m, "t", &token) <= 0)
+                result = g_strdup("error errno: unexpected reply");
+        else
+                result = g_strdup_printf("ok %" PRIu64, token);
+        test_client_send(sc->fd, "reply %s %s", sc->id, result);
+
+        g_free(sc->id);
+        g_free(sc);
+        return 0;
+}
+
+/* Fills o from words "key=value"; false (with *ret_bad) on a word it does
+ * not know. The strings point into words. */
+static bool serve_parse_options(char **words, TestAcquireOptions *o, const char **ret_bad) {
+        for (char **w = words; w && *w; w++) {
+                char *v = strchr(*w, '=');
+
+                if (!v) {
+                        *ret_bad = *w;
+                        return false;
+                }
+                *v++ = '\0';
+                if (g_str_equal(*w, "mode"))
+                        o->mode = v;
+                else if (g_str_equal(*w, "scope"))
+                        o->scope = v;
+                else if (g_str_equal(*w, "description"))
+                        o->description = v;
+                else if (g_str_equal(*w, "timeout")) {
+                        o->has_timeout = true;
+                        o->timeout = g_str_equal(v, "max") ? UINT64_MAX : g_ascii_strtoull(v, NULL, 10);
+                } else if (g_str_equal(*w, "ttl")) {
+                        o->has_ttl = true;
+                        o->ttl = g_ascii_strtoull(v, NULL, 10);
+                } else {
+                        *ret_bad = *w;
+                        return false;
+                }
+        }
+        return true;
+}
+
+static char *format_value_result(int r, const sd_bus_error *error, uint64_t value) {
+        if (r < 0)
+                return test_format_result(r, error);
+        return g_strdup_printf("ok %" PRIu64, value);
+}
+
+/* Runs one command line and returns its result. */
+static char *serve_command(sd_bus *bus, int fd, const char *line) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_auto(GStrv) words = g_strsplit(line, " ", -1);
+        TestAcquireOptions o = {};
+        const char *bad = NULL, *unique = NULL;
+        uint64_t value = 0;
+        int r;
+
+        if (!words[0] || !words[1]) {
+                if (words[0] && g_str_equal(words[0], "Unique")) {
+                        r = sd_bus_get_unique_name(bus, &unique);
+                        if (r < 0)
+                                return test_format_result(r, NULL);
+                        return g_strdup_printf("ok %s", unique);
+                }
+                return g_strdup_printf("error test: bad command '%s'", line);
+        }
+
+        if (g_str_equal(words[0], "Lock")) {
+                r = test_lock(bus, words[1], &value, &error);
+                return format_value_result(r, &error, value);
+        }
+        if (g_str_equal(words[0], "Unlock"))
+                return test_format_result(test_unlock(bus, words[1], &error), &error);
+        if (g_str_equal(words[0], "Break"))
+                return test_format_result(test_break(bus, words[1], &error), &error);
+        if (g_str_equal(words[0], "Refresh")) {
+                r = test_refresh(bus, words[1], &value, &error);
+                return format_value_result(r, &error, value);
+        }
+        if (g_str_equal(words[0], "Acquire")) {
+                if (!serve_parse_options(words + 2, &o, &bad))
+                        return g_strdup_printf("error test: bad option '%s'", bad);
+                r = test_acquire(bus, words[1], &o, &value, &error);
+                return format_value_result(r, &error, value);
+        }
+        if (g_str_equal(words[0], "Start") && words[2]) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+                ServeCall *sc;
+                uint32_t count = 0;
+
+                if (!serve_parse_options(words + 3, &o, &bad))
+                        return g_strdup_printf("error test: bad option '%s'", bad);
+                r = new_acquire_message(bus, "Acquire", words[2], &o, &m);
+                if (r < 0)
+                        return test_format_result(r, NULL);
+                sc = g_new0(ServeCall, 1);
+                sc->fd = fd;
+                sc->id = g_strdup(words[1]);
+                r = sd_bus_call_async(bus, NULL, m, serve_reply_handler, sc, 0);
+                if (r < 0) {
+                        g_free(sc->id);
+                        g_free(sc);
+                        return test_format_result(r, NULL);
+                }
+                /* Read by the daemon after the Acquire (see bus-test.h). */
+                r = sd_bus_get_property_trivial(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                                LOCKBUS_MANAGER_IFACE, "WaiterCount", &error, 'u', &count);
+                return format_value_result(r, &error, count);
+        }
+        return g_strdup_printf("error test: bad command '%s'", line);
+}
+
+int test_client_serve(sd_bus *bus, int fd, void *userdata) {
+        g_autoptr(GString) in = g_string_new(NULL);
+
+        for (;;) {
+                struct pollfd p[2];
+                uint64_t timeout;
+                char buf[4096], *nl;
+                bool handled = false;
+                ssize_t n;
+                int r, msec = -1;
+
+                /* Dispatch what came in, e.g. replies of Start calls,
+                 * also those a synchronous call queued. */
+                do
+                        r = sd_bus_process(bus, NULL);
+                while (r > 0);
+                if (r < 0) {
+                        test_client_send(fd, "error bus: %s", g_strerror(-r));
+                        return 2;
+                }
+
+                while ((nl = memchr(in->str, '\n', in->len))) {
+                        g_autofree char *line = g_strndup(in->str, nl - in->str), *result = NULL;
+
+                        g_string_erase(in, 0, nl - in->str + 1);
+                        result = serve_command(bus, fd, line);
+                        test_client_send(fd, "= %s", result);
+                        handled = true;
+                }
+                if (handled)
+                        continue;
+
+                if (sd_bus_get_timeout(bus, &timeout) >= 0 && timeout != UINT64_MAX) {
+                        uint64_t now = now_monotonic();
+
+                        msec = timeout <= now ? 0 : (int) MIN((timeout - now + 999U) / 1000U, (uint64_t) INT_MAX);
+                }
+                p[0] = (struct pollfd) { .fd = fd, .events = POLLIN };
+                p[1] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
+                r = poll(p, 2, msec);
+                if (r < 0 && errno != EINTR)
+                        return 2;
+                if (r <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
+                        continue;
+
+                n = read(fd, buf, sizeof(buf));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return 0;       /* the parent closed its end */
+                g_string_append_len(in, buf, n);
+        }
+}
+
+/* Parent side: the next line that answers a command ("= RESULT"); async
+ * replies read meanwhile are kept for test_client_wait_reply(). With id
+ * set, the reply of that call instead. */
+static char *client_read_answer(TestClient *c, const char *id) {
+        for (;;) {
+                g_autofree char *line = test_client_read_line(c);
+                char *rest, *space;
+
+                if (!line && id)
+                        g_error("Client process %d exited before the reply of call %s", (int) c->pid, id);
+                if (!line)
+                        g_error("Client process %d exited before answering a command", (int) c->pid);
+                if (g_str_has_prefix(line, "reply ")) {
+                        rest = line + strlen("reply ");
+                        space = strchr(rest, ' ');
+                        g_assert_nonnull(space);
+                        *space = '\0';
+                        if (id && g_str_equal(rest, id))
+                                return g_strdup(space + 1);
+                        g_hash_table_replace(c->replies, g_strdup(rest), g_strdup(space + 1));
+                        continue;
+                }
+                if (!id && g_str_has_prefix(line, "= "))
+                        return g_strdup(line + 2);
+                g_error("Unexpected line from client process %d: %s", (int) c->pid, line);
+        }
+}
+
+static char *client_commandv(TestClient *c, const char *format, va_list ap) {
+        g_autofree char *command = g_strdup_vprintf(format, ap), *line = NULL;
+        size_t len, done = 0;
+
+        g_assert_nonnull(c->replies);
+        g_assert_null(strchr(command, '\n'));
+        line = g_strconcat(command, "\n", NULL);
+        len = strlen(line);
+        while (done < len) {
+                ssize_t n = send(c->fd, line + done, len - done, MSG_NOSIGNAL);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        g_error("Failed to send '%s' to client process %d: %s", command, (int) c->pid,
+                                g_strerror(errno));
+                done += (size_t) n;
+        }
+        return client_read_answer(c, NULL);
+}
+
+char *test_client_command(TestClient *c, const char *format, ...) {
+        va_list ap;
+        char *result;
+
+        va_start(ap, format);
+        result = client_commandv(c, format, ap);
+        va_end(ap);
+        return result;
+}
+
+char *test_client_wait_reply(TestClient *c, const char *id) {
+        char *result = NULL;
+
+        if (g_hash_table_steal_extended(c->replies, id, NULL, (gpointer *) &result))
+                return result;
+        return client_read_answer(c, id);
+}
+
+void test_assert_client_command(TestClient *c, const char *expected, const char *file, int line,
+                                const char *func, const char *format, ...) {
+        g_autofree char *command = NULL, *result = NULL, *msg = NULL;
+        va_list ap;
+
+        va_start(ap, format);
+        command = g_strdup_vprintf(format, ap);
+        va_end(ap);
+        result = test_client_command(c, "%s", command);
+        if (g_str_equal(result, expected))
+                return;
+        msg = g_strdup_printf("client '%s': expected \"%s\", got \"%s\"", command, expected, result);
+        g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
+}
+
+uint64_t test_client_command_ok(TestClient *c, const char *format, ...) {
+        g_autofree char *command = NULL, *result = NULL;
+        va_list ap;
+
+        va_start(ap, format);
+        command = g_strdup_vprintf(format, ap);
+        va_end(ap);
+        result = test_client_command(c, "%s", command);
+        if (!g_str_equal(result, "ok") && !g_str_has_prefix(result, "ok "))
+                g_error("client '%s': %s", command, result);
+        return g_str_has_prefix(result, "ok ") ? g_ascii_strtoull(result + 3, NULL, 10) : 0;
 }
 
 char *test_format_result(int r, const sd_bus_error *error) {
@@ -1036,18 +1485,14 @@ int test_lock(sd_bus *bus, const char *resource, uint64_t *ret_token, sd_bus_err
         return 0;
 }
 
-int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token,
-                 sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        static const TestAcquireOptions none = {};
-        uint64_t token;
+/* A new Acquire or AcquireFd call of resource with the options of o. */
+static int new_acquire_message(sd_bus *bus, const char *member, const char *resource, const TestAcquireOptions *o,
+                               sd_bus_message **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
-        if (!o)
-                o = &none;
-
         r = sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
-                                           LOCKBUS_MANAGER_IFACE, "Acquire");
+                                           LOCKBUS_MANAGER_IFACE, member);
         if (r < 0)
                 return r;
         r = sd_bus_message_append(m, "s", resource);
@@ -1076,10 +1521,32 @@ int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o,
                 if (r < 0)
                         return r;
         }
+        if (o->has_ttl) {
+                r = sd_bus_message_append(m, "{sv}", "ttl", "t", o->ttl);
+                if (r < 0)
+                        return r;
+        }
         r = sd_bus_message_close_container(m);
         if (r < 0)
                 return r;
 
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token,
+                 sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        static const TestAcquireOptions none = {};
+        uint64_t token;
+        int r;
+
+        if (!o)
+                o = &none;
+
+        r = new_acquire_message(bus, "Acquire", resource, o, &m);
+        if (r < 0)
+                return r;
         r = sd_bus_call(bus, m, o->call_timeout_usec, error, &reply);
         if (r < 0)
                 return r;
@@ -1089,6 +1556,58 @@ int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o,
         if (ret_token)
                 *ret_token = token;
         return 0;
+}
+
+int test_acquire_fd(sd_bus *bus, const char *resource, const TestAcquireOptions *o, int *ret_fd,
+                    uint64_t *ret_token, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        static const TestAcquireOptions none = {};
+        uint64_t token;
+        int r, fd;
+
+        if (!o)
+                o = &none;
+
+        r = new_acquire_message(bus, "AcquireFd", resource, o, &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_call(bus, m, o->call_timeout_usec, error, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "ht", &fd, &token);
+        if (r < 0)
+                return r;
+        /* The fd belongs to the message: ours is a copy. */
+        if (ret_fd) {
+                *ret_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                if (*ret_fd < 0)
+                        return -errno;
+        }
+        if (ret_token)
+                *ret_token = token;
+        return 0;
+}
+
+int test_refresh(sd_bus *bus, const char *resource, uint64_t *ret_expires, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint64_t expires;
+        int r;
+
+        r = sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "Refresh",
+                               error, &reply, "s", resource);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "t", &expires);
+        if (r < 0)
+                return r;
+        if (ret_expires)
+                *ret_expires = expires;
+        return 0;
+}
+
+int test_break(sd_bus *bus, const char *resource, sd_bus_error *error) {
+        return sd_bus_call_method(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "Break",
+                                  error, NULL, "s", resource);
 }
 
 int test_unlock(sd_bus *bus, const char *resource, sd_bus_error *error) {
@@ -1226,6 +1745,38 @@ void test_unlock_ok(sd_bus *bus, const char *resource) {
         assert_ok_what(r, &error, "Unlock", resource);
 }
 
+int test_acquire_fd_ok(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t token = 0;
+        int r, fd = -1;
+
+        r = test_acquire_fd(bus, resource, o, &fd, &token, &error);
+        assert_ok_what(r, &error, "AcquireFd", resource);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpuint(token, >, 0);
+        if (ret_token)
+                *ret_token = token;
+        return fd;
+}
+
+uint64_t test_refresh_ok(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t expires = 0;
+        int r;
+
+        r = test_refresh(bus, resource, &expires, &error);
+        assert_ok_what(r, &error, "Refresh", resource);
+        return expires;
+}
+
+void test_break_ok(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = test_break(bus, resource, &error);
+        assert_ok_what(r, &error, "Break", resource);
+}
+
 GPtrArray *test_owner_ok(sd_bus *bus, const char *resource, char **ret_mode) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         GPtrArray *holders = NULL;
@@ -1277,6 +1828,172 @@ char *test_get_property_s(sd_bus *bus, const char *name) {
         return g_strdup(v);
 }
 
+/* --- Calls that wait ---------------------------------------------------------- */
+
+struct TestCall {
+        sd_bus *bus;
+        sd_bus_slot *slot;
+        sd_bus_message *reply;
+        char *what;             /* for messages: "Acquire('db')" */
+        bool done;
+};
+
+static int call_reply_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        TestCall *c = userdata;
+
+        c->reply = sd_bus_message_ref(m);
+        c->done = true;
+        return 0;
+}
+
+static TestCall *call_send(sd_bus *bus, sd_bus_message *m, uint64_t usec, char *what) {
+        TestCall *c;
+        int r;
+
+        c = g_new0(TestCall, 1);
+        c->bus = sd_bus_ref(bus);
+        c->what = what;
+        r = sd_bus_call_async(bus, &c->slot, m, call_reply_handler, c, usec);
+        if (r < 0)
+                g_error("Failed to send %s: %s", c->what, g_strerror(-r));
+        /* Written now, not at the next dispatch. */
+        r = sd_bus_flush(bus);
+        if (r < 0)
+                g_error("Failed to send %s: %s", c->what, g_strerror(-r));
+        return c;
+}
+
+TestCall *test_call_async(sd_bus *bus, sd_bus_message *m, uint64_t usec) {
+        return call_send(bus, m, usec, g_strdup_printf("%s()", strempty(sd_bus_message_get_member(m))));
+}
+
+TestCall *test_acquire_async(sd_bus *bus, const char *resource, const TestAcquireOptions *o) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        static const TestAcquireOptions none = {};
+        int r;
+
+        if (!o)
+                o = &none;
+        r = new_acquire_message(bus, "Acquire", resource, o, &m);
+        g_assert_cmpint(r, >=, 0);
+        return call_send(bus, m, o->call_timeout_usec, g_strdup_printf("Acquire('%s')", resource));
+}
+
+TestCall *test_acquire_fd_async(sd_bus *bus, const char *resource, const TestAcquireOptions *o) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        static const TestAcquireOptions none = {};
+        int r;
+
+        if (!o)
+                o = &none;
+        r = new_acquire_message(bus, "AcquireFd", resource, o, &m);
+        g_assert_cmpint(r, >=, 0);
+        return call_send(bus, m, o->call_timeout_usec, g_strdup_printf("AcquireFd('%s')", resource));
+}
+
+void test_call_wait(TestCall *c) {
+        g_autofree char *what = g_strdup_printf("the reply to %s", c->what);
+
+        bus_process_until(c->bus, &c->done, -1, what);
+}
+
+bool test_call_poll(TestCall *c) {
+        int r;
+
+        while (!c->done) {
+                r = sd_bus_process(c->bus, NULL);
+                if (r < 0)
+                        g_error("Failed to process the bus waiting for %s: %s", c->what, g_strerror(-r));
+                if (r == 0)
+                        break;
+        }
+        return c->done;
+}
+
+int test_call_result(TestCall *c, sd_bus_error *error) {
+        const sd_bus_error *e;
+
+        int r;
+
+        g_assert_true(c->done);
+        g_assert_nonnull(c->reply);
+        e = sd_bus_message_get_error(c->reply);
+        if (!e)
+                return 0;
+        /* Returns the error's errno, negative. */
+        r = sd_bus_error_copy(error, e);
+        return r < 0 ? r : -EIO;
+}
+
+sd_bus_message *test_call_reply(TestCall *c) {
+        g_assert_true(c->done);
+        g_assert_nonnull(c->reply);
+        return c->reply;
+}
+
+uint64_t test_call_wait_token(TestCall *c) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t token = 0;
+        int r;
+
+        test_call_wait(c);
+        r = test_call_result(c, &error);
+        if (r < 0)
+                test_assert_call_ok(r, &error, __FILE__, __LINE__, G_STRFUNC, c->what);
+        g_assert_cmpint(sd_bus_message_read(c->reply, "t", &token), >, 0);
+        g_assert_cmpuint(token, >, 0);
+        return token;
+}
+
+int test_call_wait_fd(TestCall *c, uint64_t *ret_token) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint64_t token = 0;
+        int r, fd = -1, copy;
+
+        test_call_wait(c);
+        r = test_call_result(c, &error);
+        if (r < 0)
+                test_assert_call_ok(r, &error, __FILE__, __LINE__, G_STRFUNC, c->what);
+        g_assert_cmpint(sd_bus_message_read(c->reply, "ht", &fd, &token), >, 0);
+        g_assert_cmpuint(token, >, 0);
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        g_assert_cmpint(copy, >=, 0);
+        /* Its copy must not keep the hold. */
+        c->reply = sd_bus_message_unref(c->reply);
+        if (ret_token)
+                *ret_token = token;
+        return copy;
+}
+
+void test_assert_call_pending(TestCall *c, const char *what, const char *file, int line, const char *func) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autofree char *result = NULL, *msg = NULL;
+        int r;
+
+        /* The daemon answers the calls of one connection in order, and the
+         * bus delivers its messages to us in order: an answer sent before
+         * the Ping's is here once the Ping's is. */
+        r = sd_bus_call_method(c->bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, "org.freedesktop.DBus.Peer", "Ping",
+                               &error, NULL, NULL);
+        test_assert_call_ok(r, &error, file, line, func, "Ping");
+        if (!test_call_poll(c))
+                return;
+        r = test_call_result(c, &error);
+        result = test_format_result(r, &error);
+        msg = g_strdup_printf("%s (%s) was answered while it should still wait: %s", what, c->what, result);
+        g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
+}
+
+void test_call_free(TestCall *c) {
+        if (!c)
+                return;
+        sd_bus_slot_unref(c->slot);
+        sd_bus_message_unref(c->reply);
+        sd_bus_unref(c->bus);
+        g_free(c->what);
+        g_free(c);
+}
+
 char *test_get_comm(void) {
         g_autofree char *comm = read_file("/proc/self/comm");
 
@@ -1323,6 +2040,12 @@ bool test_skip_unless_root(void) {
 
 void test_fixture_setup(TestFixture *f, gconstpointer data) {
         f->bus = test_bus_new();
+        f->client = test_bus_connect(f->bus);
+        f->comm = test_get_comm();
+}
+
+void test_fixture_setup_with_args(TestFixture *f, gconstpointer data) {
+        f->bus = test_bus_new_with_args(data);
         f->client = test_bus_connect(f->bus);
         f->comm = test_get_comm();
 }

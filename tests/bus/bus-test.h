@@ -13,7 +13,9 @@
  * build tree's lockbusd:
  *   lockbusd --lock-directory=DIR/lib --runtime-directory=DIR/run
  * The first call to io.lockbus1 activates it; test_bus_start_daemon()
- * starts the same command line directly instead.
+ * starts the same command line directly instead. test_bus_new_with_args()
+ * appends arguments (e.g. --idle-timeout=0.3) to that command line, for
+ * activation and direct starts alike.
  *
  * Paths come from the environment, set by tests/bus/meson.build:
  *   LOCKBUS_DAEMON    the lockbusd binary of the build tree
@@ -59,9 +61,13 @@ typedef struct TestBus {
         pid_t daemon_pid;       /* lockbusd started directly, else 0 */
         pid_t guardian_pid;
         int guardian_fd;        /* write end: 'p'+pgid, then 'q' = all cleaned up */
+        char **extra_args;      /* appended to lockbusd's command line, NULL-terminated */
 } TestBus;
 
 TestBus *test_bus_new(void);
+/* The same, with extra_args (NULL-terminated, may be NULL) appended to the
+ * daemon's command line. */
+TestBus *test_bus_new_with_args(const char *const *extra_args);
 void test_bus_free(TestBus *b);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestBus, test_bus_free)
 
@@ -75,6 +81,20 @@ void test_bus_start_daemon(TestBus *b);
 
 /* PID of the current owner of io.lockbus1, 0 if none. Does not activate. */
 pid_t test_bus_daemon_pid(TestBus *b);
+
+/* Unique name of the current owner of io.lockbus1, NULL if none. Does not
+ * activate. */
+char *test_bus_daemon_name(TestBus *b);
+
+/* PID of the process behind a unique name, 0 if the name is gone. */
+pid_t test_bus_pid_of(TestBus *b, const char *unique_name);
+
+/* A pidfd (O_CLOEXEC) for a running process, -1 if it is gone already:
+ * open it while something keeps the process alive, so the PID cannot have
+ * been reused. test_pidfd_wait_exit() waits until that process has exited
+ * (at most TEST_TIMEOUT_USEC; `what` names it in the failure). */
+int test_pidfd_open(pid_t pid);
+void test_pidfd_wait_exit(int pidfd, const char *what);
 
 /* Makes sure lockbusd runs (activating it with a Peer.Ping) and returns
  * its PID. */
@@ -92,6 +112,18 @@ TestNameWatch *test_bus_watch_name(sd_bus *bus, const char *name);
 void test_name_watch_wait_gone(TestNameWatch *w);
 void test_name_watch_free(TestNameWatch *w);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestNameWatch, test_name_watch_free)
+
+/* For a well-known name: how many times the bus reported it without an
+ * owner so far (among the signals dispatched on the watch's connection),
+ * whether `old_owner` (a unique name) lost it, and waiting for that. */
+unsigned test_name_watch_n_gone(const TestNameWatch *w);
+bool test_name_watch_lost_by(const TestNameWatch *w, const char *old_owner);
+void test_name_watch_wait_lost_by(TestNameWatch *w, const char *old_owner);
+
+/* A round trip to the bus daemon (GetId), then dispatches everything that
+ * arrived before its reply: every signal the bus queued for `bus` before
+ * it answered has been handled when this returns. */
+void test_bus_sync(sd_bus *bus);
 
 /* Closes a client connection and returns once the bus has processed the
  * disconnect (NameOwnerChanged seen on `observer`). */
@@ -121,6 +153,7 @@ typedef struct TestClient {
         pid_t pid;
         int fd;
         GString *buffer;        /* read but not yet returned */
+        GHashTable *replies;    /* test_client_serve(): id → result of an async call not yet asked for */
 } TestClient;
 
 TestClient *test_client_start(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata);
@@ -136,6 +169,45 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestClient, test_client_free)
 
 /* Runs a client to completion; returns all its lines joined with "\n". */
 char *test_bus_run_client(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata);
+
+/* A process in the bus's group that is no bus client: it keeps a copy of
+ * `fd` (e.g. the fd of an AcquireFd hold) and nothing else of ours, and
+ * exits with status 0 once c->fd is closed (test_client_finish()) or the
+ * test dies. */
+TestClient *test_client_start_holding_fd(TestBus *b, int fd);
+/* Closes our end of the client's socket, then waits as test_client_wait(). */
+void test_client_finish(TestClient *c);
+
+/* A client under remote control: start it with
+ *   test_client_start(b, uid, comm, test_client_serve, NULL)
+ * and send it commands with test_client_command(); each returns the
+ * command's result, "ok", "ok VALUE" or "error NAME: MESSAGE"
+ * (test_format_result()). Resources and option values contain no spaces.
+ *   Lock R                    → ok TOKEN
+ *   Acquire R [OPTION...]     → ok TOKEN
+ *   Unlock R, Break R         → ok
+ *   Refresh R                 → ok EXPIRES
+ *   Unique                    → ok UNIQUE-NAME of its connection
+ *   Start ID R [OPTION...]    Acquire without waiting for the reply (which
+ *                             test_client_wait_reply(c, ID) returns later),
+ *                             then WaiterCount on the same connection
+ *                             → ok WAITERCOUNT (so the call is queued or
+ *                             answered when this returns)
+ * OPTION is mode=M, scope=S, description=D, timeout=USEC|max, ttl=USEC.
+ * While idle the client dispatches its bus, so replies of Start calls are
+ * sent as soon as they arrive. It exits when c->fd is closed. */
+int test_client_serve(sd_bus *bus, int fd, void *userdata);
+char *test_client_command(TestClient *c, const char *format, ...) _printf_(2, 3);
+char *test_client_wait_reply(TestClient *c, const char *id);
+/* Fails the test unless the command's result is `expected` exactly; for
+ * "ok VALUE" results use test_client_command_ok(). */
+#define assert_client_command(c, expected, ...)                                 \
+        test_assert_client_command((c), (expected), __FILE__, __LINE__, G_STRFUNC, __VA_ARGS__)
+void test_assert_client_command(TestClient *c, const char *expected, const char *file, int line,
+                                const char *func, const char *format, ...) _printf_(6, 7);
+/* Runs a command that must succeed and returns its VALUE as a number (0 if
+ * it has none). */
+uint64_t test_client_command_ok(TestClient *c, const char *format, ...) _printf_(2, 3);
 
 /* A TestClientFunc running userdata, a NULL-terminated array of strings
  * "METHOD ARG", one after the other on one connection, and sending one
@@ -163,6 +235,8 @@ typedef struct TestAcquireOptions {
         bool has_timeout;
         uint64_t timeout;
         uint64_t call_timeout_usec;     /* 0: TEST_TIMEOUT_USEC */
+        bool has_ttl;
+        uint64_t ttl;
 } TestAcquireOptions;
 
 typedef struct TestHolder {
@@ -185,6 +259,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestHolder, test_holder_free)
 int test_lock(sd_bus *bus, const char *resource, uint64_t *ret_token, sd_bus_error *error);
 int test_acquire(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token, sd_bus_error *error);
 int test_unlock(sd_bus *bus, const char *resource, sd_bus_error *error);
+/* AcquireFd: *ret_fd is ours to close (O_CLOEXEC). */
+int test_acquire_fd(sd_bus *bus, const char *resource, const TestAcquireOptions *o, int *ret_fd,
+                    uint64_t *ret_token, sd_bus_error *error);
+int test_refresh(sd_bus *bus, const char *resource, uint64_t *ret_expires, sd_bus_error *error);
+int test_break(sd_bus *bus, const char *resource, sd_bus_error *error);
 /* ret_holders: GPtrArray of TestHolder (resource and mode NULL). */
 int test_owner(sd_bus *bus, const char *resource, char **ret_mode, GPtrArray **ret_holders, sd_bus_error *error);
 /* ret_locks: GPtrArray of TestHolder with resource and mode set. */
@@ -194,6 +273,10 @@ int test_list_locks(sd_bus *bus, GPtrArray **ret_locks, sd_bus_error *error);
 uint64_t test_lock_ok(sd_bus *bus, const char *resource);
 uint64_t test_acquire_ok(sd_bus *bus, const char *resource, const TestAcquireOptions *o);
 void test_unlock_ok(sd_bus *bus, const char *resource);
+/* Returns the fd; the token goes to *ret_token. */
+int test_acquire_fd_ok(sd_bus *bus, const char *resource, const TestAcquireOptions *o, uint64_t *ret_token);
+uint64_t test_refresh_ok(sd_bus *bus, const char *resource);
+void test_break_ok(sd_bus *bus, const char *resource);
 GPtrArray *test_owner_ok(sd_bus *bus, const char *resource, char **ret_mode);
 GPtrArray *test_list_locks_ok(sd_bus *bus);
 /* Owner(resource) fails with NotLocked "Resource 'R' not locked". */
@@ -201,6 +284,50 @@ void test_assert_not_locked(sd_bus *bus, const char *resource);
 
 uint32_t test_get_property_u(sd_bus *bus, const char *name);
 char *test_get_property_s(sd_bus *bus, const char *name);
+
+/* --- Calls that wait ------------------------------------------------------
+ * test_*_async() send a call and return at once; the reply is recorded
+ * whenever the connection is dispatched (test_call_wait(), or any other
+ * call on the same connection followed by sd_bus_process()).
+ *
+ * Arrival order: a daemon reads the calls of one connection in the order
+ * they were sent. So after test_acquire_async(bus, …) a synchronous call on
+ * the same `bus` (e.g. test_get_property_u(bus, "WaiterCount")) is answered
+ * only after the Acquire was granted, queued or refused, which is how a
+ * test queues waiters from several connections in a known order. */
+
+typedef struct TestCall TestCall;
+
+/* Sends m with a reply timeout of usec (0: the connection's default,
+ * TEST_TIMEOUT_USEC for test_bus_connect()). */
+TestCall *test_call_async(sd_bus *bus, sd_bus_message *m, uint64_t usec);
+/* Acquire / AcquireFd; o->call_timeout_usec is the reply timeout (0:
+ * default). */
+TestCall *test_acquire_async(sd_bus *bus, const char *resource, const TestAcquireOptions *o);
+TestCall *test_acquire_fd_async(sd_bus *bus, const char *resource, const TestAcquireOptions *o);
+/* Waits for the reply, at most TEST_TIMEOUT_USEC. */
+void test_call_wait(TestCall *c);
+/* Dispatches what the connection has received, without blocking; true
+ * once the reply is there. */
+bool test_call_poll(TestCall *c);
+/* After the reply: the call's result (negative with *error set, as the
+ * synchronous wrappers) and the reply message (borrowed). */
+int test_call_result(TestCall *c, sd_bus_error *error);
+sd_bus_message *test_call_reply(TestCall *c);
+/* Waits for an Acquire reply, asserts success and returns the token. */
+uint64_t test_call_wait_token(TestCall *c);
+/* The same for AcquireFd: returns a copy of the fd, ours to close, and
+ * drops the reply (which holds a copy too, so test_call_reply() is no
+ * longer available). */
+int test_call_wait_fd(TestCall *c, uint64_t *ret_token);
+/* Fails the test if the call was answered by the time the daemon answers a
+ * Peer.Ping sent now on the same connection: lockbusd handles the messages
+ * of a connection in order and the bus keeps the order of its replies, so
+ * an answer sent before the Ping's arrives before it. */
+#define assert_call_pending(c) test_assert_call_pending((c), #c, __FILE__, __LINE__, G_STRFUNC)
+void test_assert_call_pending(TestCall *c, const char *what, const char *file, int line, const char *func);
+void test_call_free(TestCall *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestCall, test_call_free)
 
 /* The comm of this process (/proc/self/comm), as the daemon reports it. */
 char *test_get_comm(void);
@@ -235,10 +362,15 @@ typedef struct TestFixture {
 } TestFixture;
 
 void test_fixture_setup(TestFixture *f, gconstpointer data);
+/* data: NULL-terminated extra daemon arguments (test_bus_new_with_args()). */
+void test_fixture_setup_with_args(TestFixture *f, gconstpointer data);
 void test_fixture_teardown(TestFixture *f, gconstpointer data);
 
 #define test_add(path, func) \
         g_test_add((path), TestFixture, NULL, test_fixture_setup, (func), test_fixture_teardown)
+/* args: a static NULL-terminated array of strings. */
+#define test_add_with_args(path, args, func) \
+        g_test_add((path), TestFixture, (args), test_fixture_setup_with_args, (func), test_fixture_teardown)
 
 /* The unique name of a connection. */
 const char *test_unique_name(sd_bus *bus);
