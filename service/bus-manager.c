@@ -6,6 +6,7 @@
 #include "lockbus-names.h"
 #include "log.h"
 #include "manager.h"
+#include "polkit.h"
 #include "resource-name.h"
 
 #include "config.h"
@@ -414,42 +415,123 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
         return sd_bus_reply_method_return(message, "t", expires);
 }
 
-static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
-        const Peer *caller;
-        const char *resource;
+/* Breaks `resource` for an authorized caller and answers the call. */
+static int break_and_reply(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         int r;
 
-        r = read_resource_and_caller(m, message, &resource, &caller, error);
-        if (r < 0)
-                return r;
-
-        /* Authorization before anything else, also before telling whether
-         * the resource is locked. */
-        if (caller->uid != 0) {
-                sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                  "Breaking the lock on resource '%s' is not allowed for uid " UID_FMT,
-                                  resource, caller->uid);
-                log_refusal(caller, "break", error);
-                return -EACCES;
-        }
-
         if (!lock_table_get_holds(m->table, resource)) {
-                sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
-                log_refusal(caller, "break", error);
-                return -ENOENT;
+                sd_bus_error_setf(&error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
+                log_refusal(caller, "break", &error);
+                return sd_bus_reply_method_error(message, &error);
         }
 
         log_notice("Breaking '%s' for uid " UID_FMT " (pid " PID_FMT ", %s, %s).",
                    resource, caller->uid, caller->pid, caller->comm, caller->name);
         r = manager_break(m, resource);
         if (r < 0) {
-                set_error_storage(error, "break", resource, store_lock_directory(m->store), r);
-                log_refusal(caller, "break", error);
-                return r;
+                set_error_storage(&error, "break", resource, store_lock_directory(m->store), r);
+                log_refusal(caller, "break", &error);
+                return sd_bus_reply_method_error(message, &error);
         }
 
         return sd_bus_reply_method_return(message, NULL);
+}
+
+/* A Break waiting for polkit's answer. Owned by m->pending_calls. */
+typedef struct PendingBreak {
+        Manager *manager;
+        sd_bus_message *message;
+        char *resource;
+        Peer caller;
+        sd_bus_slot *slot;
+} PendingBreak;
+
+static void pending_break_free(void *p) {
+        PendingBreak *b = p;
+
+        if (!b)
+                return;
+        sd_bus_slot_unref(b->slot);
+        sd_bus_message_unref(b->message);
+        g_free(b->resource);
+        g_free(b->caller.name);
+        g_free(b->caller.comm);
+        g_free(b);
+}
+
+static void on_break_authorized(bool allowed, const char *error_message, void *userdata) {
+        PendingBreak *b = userdata;
+        Manager *m = b->manager;
+        int r;
+
+        if (allowed)
+                r = break_and_reply(m, b->message, b->resource, &b->caller);
+        else {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+
+                sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED,
+                                  "Breaking the lock on resource '%s' is not allowed for uid " UID_FMT "%s%s%s",
+                                  b->resource, b->caller.uid,
+                                  error_message ? " (polkit: " : "", strempty(error_message),
+                                  error_message ? ")" : "");
+                log_refusal(&b->caller, "break", &error);
+                r = sd_bus_reply_method_error(b->message, &error);
+        }
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer Break of %s: %m", b->caller.name);
+
+        g_hash_table_remove(m->pending_calls, b);
+}
+
+static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const Peer *caller;
+        const char *resource;
+        PendingBreak *b;
+        int r;
+
+        r = read_resource_and_caller(m, message, &resource, &caller, error);
+        if (r < 0)
+                return r;
+
+        /* Authorization comes before anything else, also before telling
+         * whether the resource is locked. Root may; others ask polkit,
+         * asynchronously: the loop serves others meanwhile. */
+        if (caller->uid == 0)
+                return break_and_reply(m, message, resource, caller);
+
+        r = manager_cancel_idle_exit(m);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_FAILED,
+                                         "Resource '%s' not broken: lockbusd is exiting, try again", resource);
+
+        b = g_new0(PendingBreak, 1);
+        b->manager = m;
+        b->message = sd_bus_message_ref(message);
+        b->resource = g_strdup(resource);
+        b->caller = (Peer) {
+                .name = g_strdup(caller->name),
+                .uid = caller->uid,
+                .pid = caller->pid,
+                .comm = g_strdup(caller->comm),
+        };
+
+        r = polkit_check_async(m->bus, caller->name, LOCKBUS_POLKIT_ACTION_BREAK,
+                               sd_bus_message_get_allow_interactive_authorization(message) > 0,
+                               on_break_authorized, b, &b->slot);
+        if (r < 0) {
+                pending_break_free(b);
+                log_warning_errno(r, "Failed to ask polkit about Break by %s: %m", caller->name);
+                sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                  "Breaking the lock on resource '%s' is not allowed for uid " UID_FMT
+                                  " (polkit could not be asked)", resource, caller->uid);
+                log_refusal(caller, "break", error);
+                return -EACCES;
+        }
+
+        g_hash_table_add(m->pending_calls, b);
+        return 1;
 }
 
 /* Appends one holder as (uusstttss). */
@@ -621,6 +703,8 @@ static const sd_bus_vtable manager_vtable[] = {
 
 int bus_manager_export(Manager *m) {
         int r;
+
+        m->pending_calls = g_hash_table_new_full(g_direct_hash, g_direct_equal, pending_break_free, NULL);
 
         r = sd_bus_add_object_vtable(m->bus, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, manager_vtable, m);
         if (r < 0)

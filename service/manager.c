@@ -258,11 +258,7 @@ static int on_waiter_timeout(sd_event_source *s, uint64_t usec, void *userdata) 
         return 0;
 }
 
-/* A request that makes the daemon needed (a waiter, an fd hold) during an
- * idle exit takes the name back: what arrived before the release would
- * otherwise be lost with this process. The next instance cannot own the
- * name yet, it waits for the lock directory. */
-static int manager_cancel_exit(Manager *m) {
+int manager_cancel_idle_exit(Manager *m) {
         int r;
 
         if (!m->exiting)
@@ -304,7 +300,7 @@ void manager_submit(Manager *m, AcquireRequest *req) {
         case LOCK_VERDICT_GRANT:
                 if (manager_over_quota(m, req, false))
                         return acquire_request_complete(req, -EDQUOT, NULL, -1);
-                if (req->scope == HOLD_SCOPE_FD && manager_cancel_exit(m) < 0)
+                if (req->scope == HOLD_SCOPE_FD && manager_cancel_idle_exit(m) < 0)
                         return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
                 return manager_grant(m, req);
 
@@ -313,7 +309,7 @@ void manager_submit(Manager *m, AcquireRequest *req) {
                         return acquire_request_complete(req, -EBUSY, blocker, -1);
                 if (manager_over_quota(m, req, true))
                         return acquire_request_complete(req, -EDQUOT, NULL, -1);
-                if (manager_cancel_exit(m) < 0)
+                if (manager_cancel_idle_exit(m) < 0)
                         return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
                 break;
         }
@@ -417,7 +413,9 @@ int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec) {
 }
 
 bool manager_is_idle(const Manager *m) {
-        return lock_table_volatile_hold_count(m->table) == 0 && lock_table_waiter_count(m->table) == 0;
+        return lock_table_volatile_hold_count(m->table) == 0 &&
+                lock_table_waiter_count(m->table) == 0 &&
+                (!m->pending_calls || g_hash_table_size(m->pending_calls) == 0);
 }
 
 static void on_peer_gone(const char *name, void *userdata) {
@@ -595,6 +593,8 @@ Manager *manager_free(Manager *m) {
         /* Holds are dropped from memory only: their files stay for the next
          * start. Waiting requests are gone with the bus connection. */
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
+        if (m->pending_calls)
+                g_hash_table_destroy(m->pending_calls);
         m->table = lock_table_free(m->table);
         m->peers = peer_registry_free(m->peers);
         m->tokens = token_issuer_free(m->tokens);

@@ -50,6 +50,10 @@ typedef struct Manager {
         unsigned max_waiters_per_user;
         uint64_t idle_timeout_usec;
 
+        /* Calls the bus layer answers later, other than waiters (Break
+         * waiting for polkit); it sets the destroy function. */
+        GHashTable *pending_calls;
+
         /* Set once the bus name was released for an idle exit. */
         bool exiting;
         sd_bus_slot *release_name_slot;
@@ -122,6 +126,13 @@ int manager_break(Manager *m, const char *resource);
  * expiry (CLOCK_REALTIME), 0 for a hold without TTL. */
 int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec);
 
-/* True if nothing but durable state is held: no connection or fd holds and
- * no waiters. */
+/* Work this process must finish itself (a waiter, an fd hold, a polkit
+ * query) arriving during an idle exit takes the bus name back: what came
+ * before the release would otherwise be lost with the process. The next
+ * instance cannot own the name yet, it waits for the lock directory.
+ * Returns 0 if the daemon serves on (or was not exiting). */
+int manager_cancel_idle_exit(Manager *m);
+
+/* True if nothing but durable state is held: no connection or fd holds, no
+ * waiters and no calls waiting for an answer from elsewhere (polkit). */
 bool manager_is_idle(const Manager *m);

@@ -967,12 +967,16 @@ static void test_break_denied(TestFixture *f, gconstpointer data) {
         g_assert_cmpuint(before->len, ==, 3);
 
         /* Others' holds, a free resource (authorization comes first, so
-         * it tells nothing), and even its own. */
+         * it tells nothing), and even its own. No polkit runs on this bus:
+         * the daemon fails closed and says why after the refusal. */
         for (size_t i = 0; resources[i]; i++) {
                 g_autofree char *m = access_denied_message(resources[i], uid);
                 g_autofree char *expected = error_result(SD_BUS_ERROR_ACCESS_DENIED, m);
+                g_autofree char *got = test_client_command(n, "Break %s", resources[i]);
 
-                assert_client_command(n, expected, "Break %s", resources[i]);
+                g_assert_nonnull(got);
+                if (!g_str_has_prefix(got, expected) || !strstr(got, "(polkit: "))
+                        g_error("Break %s: expected \"%s (polkit: …)\", got \"%s\"", resources[i], expected, got);
         }
 
         /* Nothing changed. */
