@@ -6,7 +6,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "bus-manager.h"
+#include "fdstore.h"
 #include "lockbus-names.h"
 #include "log.h"
 #include "manager.h"
@@ -209,6 +212,13 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
                 return acquire_request_complete(req, r, NULL, -1);
         }
 
+        if (h->fd_watch) {
+                r = fdstore_push(h->token, sd_event_source_get_io_fd(h->fd_watch));
+                if (r < 0)
+                        log_warning_errno(r, "Failed to keep the fd hold on '%s' in systemd's fd store, "
+                                          "it will not survive a restart: %m", h->resource);
+        }
+
         granted = TAKE_PTR(h);
         lock_table_add(m->table, granted);
         log_hold("Granted", granted);
@@ -267,6 +277,7 @@ int manager_cancel_idle_exit(Manager *m) {
         r = sd_bus_request_name(m->bus, LOCKBUS_BUS_NAME, 0);
         if (r < 0)
                 return log_error_errno(r, "Failed to take back the bus name %s: %m", LOCKBUS_BUS_NAME);
+        (void) sd_notify(false, "READY=1\nSTATUS=Serving " LOCKBUS_BUS_NAME);
 
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
         m->exiting = false;
@@ -348,6 +359,9 @@ static int manager_remove_hold(Manager *m, Hold *h, const char *reason) {
                                                h->resource);
                 log_warning_errno(r, "Failed to remove hold file for '%s', ignoring: %m", h->resource);
         }
+
+        if (h->scope == HOLD_SCOPE_FD)
+                fdstore_remove(h->token);
 
         log_hold(reason, h);
         hold_free(lock_table_remove(m->table, h));
@@ -450,7 +464,7 @@ static void on_peer_gone(const char *name, void *userdata) {
 
 /* Puts a hold read from disk back into the table, or drops it. Takes
  * ownership. */
-static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now) {
+static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now, GHashTable *stored_fds) {
         _cleanup_(hold_freep) Hold *h = hold;
         const Hold *blocker = NULL;
         const char *drop = NULL;
@@ -458,8 +472,20 @@ static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now) {
 
         if (h->expires_usec > 0 && h->expires_usec <= now)
                 drop = "its TTL expired";
-        else if (h->scope == HOLD_SCOPE_FD)
-                drop = "its fd did not survive the restart";
+        else if (h->scope == HOLD_SCOPE_FD) {
+                g_autofree gpointer key = NULL;
+                gpointer fd;
+
+                if (!g_hash_table_steal_extended(stored_fds, &h->token, &key, &fd))
+                        drop = "its fd did not survive the restart (no systemd fd store)";
+                else {
+                        r = hold_watch_fd(m, h, GPOINTER_TO_INT(fd));
+                        if (r < 0) {
+                                log_warning_errno(r, "Failed to watch the fd of the hold on '%s': %m", h->resource);
+                                drop = "its fd could not be watched";
+                        }
+                }
+        }
         else if (h->scope == HOLD_SCOPE_CONNECTION) {
                 if (!h->bus_id || strcmp(h->bus_id, m->bus_id) != 0)
                         drop = "it was acquired on another bus instance";
@@ -500,7 +526,10 @@ static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now) {
 }
 
 static int manager_load(Manager *m) {
+        g_autoptr(GHashTable) stored_fds = fdstore_take();
         g_autoptr(GPtrArray) holds = NULL;
+        GHashTableIter iter;
+        gpointer token;
         uint64_t floor = 0, now = now_realtime_usec();
         int r;
 
@@ -522,7 +551,12 @@ static int manager_load(Manager *m) {
         /* Holds come sorted by token, i.e. in grant order. The array frees
          * what it still has; restore takes each one out of it. */
         for (guint i = 0; i < holds->len; i++)
-                manager_restore_hold(m, g_steal_pointer(&holds->pdata[i]), now);
+                manager_restore_hold(m, g_steal_pointer(&holds->pdata[i]), now, stored_fds);
+
+        /* fds whose hold is gone: systemd forgets them, the table closes them. */
+        g_hash_table_iter_init(&iter, stored_fds);
+        while (g_hash_table_iter_next(&iter, &token, NULL))
+                fdstore_remove(*(uint64_t *) token);
 
         log_info("Loaded %u locked resources; next fencing token above %" PRIu64 ".",
                  lock_table_resource_count(m->table), token_issuer_last(m->tokens));
@@ -568,6 +602,11 @@ int manager_new(const ManagerConfig *config, Manager **ret) {
         r = sd_event_default(&m->event);
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate the event loop: %m");
+
+        /* Pings systemd's watchdog when WatchdogSec= is set. */
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0)
+                log_warning_errno(r, "Failed to enable the watchdog, ignoring: %m");
 
         r = manager_connect_bus(m, config->user_bus);
         if (r < 0)
@@ -617,6 +656,10 @@ static int on_name_released(sd_bus_message *reply, void *userdata, sd_bus_error 
 
 static int manager_start_idle_exit(Manager *m) {
         int r;
+
+        /* systemd queues start requests from now on instead of assuming we
+         * still serve them. */
+        (void) sd_notify(false, "STOPPING=1");
 
         r = sd_bus_release_name_async(m->bus, &m->release_name_slot, LOCKBUS_BUS_NAME, on_name_released, m);
         if (r < 0)
@@ -691,10 +734,12 @@ int manager_run(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Failed to acquire the bus name %s: %m", LOCKBUS_BUS_NAME);
 
+        (void) sd_notify(false, "READY=1\nSTATUS=Serving " LOCKBUS_BUS_NAME);
         log_info("lockbusd ready on %s; lock directory %s, runtime directory %s.",
                  LOCKBUS_BUS_NAME, store_lock_directory(m->store), store_runtime_directory(m->store));
 
         r = manager_loop(m);
+        (void) sd_notify(false, "STOPPING=1");
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
 
