@@ -16,10 +16,12 @@ set -euo pipefail
 #   dbus-daemon                        the private buses of the tests and demo
 #   dbus-bin                           dbus-send & co. (debugging, tests)
 #   libglib2.0-bin                     gdbus (the demo waits for a name with it)
-#   systemd                            /usr/bin/busctl (Debian ships it there)
+#   systemd                            /usr/bin/busctl (Debian ships it there),
+#                                      systemd-analyze (tests/systemd)
 #   scdoc                              the man page
 #   util-linux                         setpriv (calls as another UID)
-#   python3                            parsing meson's testlog.json
+#   python3                            parsing meson's testlog.json, tests/systemd
+#   python3-dbusmock                   the polkitd mock of tests/polkit
 packages=(
         meson
         ninja-build
@@ -34,6 +36,7 @@ packages=(
         scdoc
         util-linux
         python3
+        python3-dbusmock
 )
 
 check_only=false

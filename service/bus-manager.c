@@ -465,7 +465,14 @@ static void on_break_authorized(bool allowed, const char *error_message, void *u
         Manager *m = b->manager;
         int r;
 
-        if (allowed)
+        if (!peer_registry_contains(m->peers, b->caller.name)) {
+                /* It left while polkit decided (its disconnect was handled
+                 * before this answer): a break nobody waits for is not
+                 * carried out. */
+                log_info("Not breaking '%s': %s (uid " UID_FMT ") left while polkit decided.",
+                         b->resource, b->caller.name, b->caller.uid);
+                r = 0;
+        } else if (allowed)
                 r = break_and_reply(m, b->message, b->resource, &b->caller);
         else {
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;

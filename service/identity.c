@@ -170,6 +170,10 @@ int peer_registry_watch(PeerRegistry *r, const char *name) {
         return 1;
 }
 
+bool peer_registry_contains(const PeerRegistry *r, const char *name) {
+        return g_hash_table_contains(r->peers, name);
+}
+
 unsigned peer_registry_size(const PeerRegistry *r) {
         return g_hash_table_size(r->peers);
 }

@@ -46,5 +46,9 @@ int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **re
  * when it leaves), 0 if not (nothing is kept), negative errno on failure. */
 int peer_registry_watch(PeerRegistry *r, const char *name);
 
+/* True while `name` is known and on the bus (it made a call, or is
+ * watched). */
+bool peer_registry_contains(const PeerRegistry *r, const char *name);
+
 /* Number of peers known. */
 unsigned peer_registry_size(const PeerRegistry *r);
