@@ -209,14 +209,14 @@ static int set_error_locked_by(sd_bus_error *error, const char *resource, const 
                                  resource, holder->uid, holder->pid, strempty(holder->comm));
 }
 
-static int reply_granted(sd_bus_message *message, const AcquireRequest *req, const Hold *hold, int fd) {
+static int reply_granted(sd_bus_message *message, const AcquireRequest *req, uint64_t token, int fd) {
         if (req->scope == HOLD_SCOPE_FD)
-                return sd_bus_reply_method_return(message, "ht", fd, hold->token);
-        return sd_bus_reply_method_return(message, "t", hold->token);
+                return sd_bus_reply_method_return(message, "ht", fd, token);
+        return sd_bus_reply_method_return(message, "t", token);
 }
 
 /* Answers an Acquire, AcquireFd or Lock call, at once or after waiting. */
-static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, int fd) {
+static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, uint64_t token, int fd) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *message = req->userdata;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         Manager *m = req->manager;
@@ -224,7 +224,7 @@ static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, i
 
         switch (result) {
         case 0:
-                r = reply_granted(message, req, hold, fd);
+                r = reply_granted(message, req, token, fd);
                 if (r < 0)
                         /* The hold stays: its owner finds it with Owner, and a
                          * connection or fd hold ends with its owner anyway. */
@@ -366,6 +366,27 @@ static int find_callers_hold(Manager *m, const char *resource, const Peer *calle
         return -sd_bus_error_get_errno(error);
 }
 
+static void on_change_committed(Manager *m, int error, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *message = userdata;
+        int r;
+
+        if (error < 0)
+                r = sd_bus_reply_method_errorf(message, LOCKBUS_ERROR_STORAGE,
+                                               "Failed to make the change durable in %s: %s",
+                                               store_lock_directory(m->store), strerror(-error));
+        else
+                r = sd_bus_reply_method_return(message, NULL);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", strempty(sd_bus_message_get_sender(message)));
+}
+
+/* Answers a call that released holds once the release is durable (the
+ * group commit), so that an acknowledged unlock never comes back. */
+static int reply_after_commit(Manager *m, sd_bus_message *message) {
+        manager_after_commit(m, on_change_committed, sd_bus_message_ref(message));
+        return 1;
+}
+
 static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         const Peer *caller;
@@ -387,7 +408,7 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
                 return r;
         }
 
-        return sd_bus_reply_method_return(message, NULL);
+        return reply_after_commit(m, message);
 }
 
 static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -435,7 +456,7 @@ static int break_and_reply(Manager *m, sd_bus_message *message, const char *reso
                 return sd_bus_reply_method_error(message, &error);
         }
 
-        return sd_bus_reply_method_return(message, NULL);
+        return reply_after_commit(m, message);
 }
 
 /* A Break waiting for polkit's answer. Owned by m->pending_calls. */

@@ -62,8 +62,112 @@ AcquireRequest *acquire_request_free(AcquireRequest *req) {
 /* Answers a request (the callback logs refusals, it has their words) and
  * frees it. */
 static void acquire_request_complete(AcquireRequest *req, int error, const Hold *hold, int fd) {
-        req->done(req, error, hold, fd);
+        req->done(req, error, error < 0 ? hold : NULL, error < 0 ? 0 : req->granted_token, fd);
         acquire_request_free(req);
+}
+
+typedef struct CommitCallback {
+        ManagerCommitCallback callback;
+        void *userdata;
+} CommitCallback;
+
+static int manager_commit(Manager *m) {
+        int r;
+
+        (void) sd_event_source_set_enabled(m->commit_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(m->commit_timer, SD_EVENT_OFF);
+
+        r = store_sync(m->store);
+        if (r < 0)
+                log_error_errno(r, "Failed to make the lock directory %s durable; answering what waits for it "
+                                "with an error and exiting, the next start reloads what reached the disk: %m",
+                                store_lock_directory(m->store));
+
+        /* Callbacks may add work; it waits for the next commit. */
+        for (unsigned n = g_queue_get_length(&m->after_commit); n > 0; n--) {
+                g_autofree CommitCallback *c = g_queue_pop_head(&m->after_commit);
+
+                c->callback(m, r, c->userdata);
+        }
+
+        if (r < 0)
+                (void) sd_event_exit(m->event, r);
+        return r;
+}
+
+static int on_commit(sd_event_source *s, void *userdata) {
+        (void) manager_commit(userdata);
+        return 0;
+}
+
+static int on_commit_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        (void) manager_commit(userdata);
+        return 0;
+}
+
+/* The commit runs once the bus is drained (idle priority), so that the
+ * grants of all callers that asked meanwhile share one flush; the timer
+ * bounds the delay when the bus never drains. */
+#define COMMIT_DELAY_MAX_USEC 2000U
+
+static void manager_arm_commit(Manager *m) {
+        int enabled = SD_EVENT_OFF;
+        int r;
+
+        if (!store_needs_sync(m->store) && g_queue_is_empty(&m->after_commit))
+                return;
+
+        (void) sd_event_source_get_enabled(m->commit_source, &enabled);
+        if (enabled != SD_EVENT_OFF)
+                return;
+
+        r = sd_event_source_set_enabled(m->commit_source, SD_EVENT_ONESHOT);
+        if (r >= 0)
+                r = sd_event_source_set_time_relative(m->commit_timer, COMMIT_DELAY_MAX_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->commit_timer, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to schedule the group commit, committing now: %m");
+                (void) manager_commit(m);
+        }
+}
+
+void manager_after_commit(Manager *m, ManagerCommitCallback callback, void *userdata) {
+        CommitCallback *c;
+
+        if (!store_needs_sync(m->store) && g_queue_is_empty(&m->after_commit)) {
+                callback(m, 0, userdata);
+                return;
+        }
+
+        c = g_new(CommitCallback, 1);
+        *c = (CommitCallback) { .callback = callback, .userdata = userdata };
+        g_queue_push_tail(&m->after_commit, c);
+        manager_arm_commit(m);
+}
+
+static int manager_setup_commit(Manager *m) {
+        int r;
+
+        r = sd_event_add_defer(m->event, &m->commit_source, on_commit, m);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_priority(m->commit_source, SD_EVENT_PRIORITY_IDLE);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_enabled(m->commit_source, SD_EVENT_OFF);
+        if (r < 0)
+                return r;
+
+        r = sd_event_add_time_relative(m->event, &m->commit_timer, CLOCK_MONOTONIC, COMMIT_DELAY_MAX_USEC, 0,
+                                       on_commit_timer, m);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(m->commit_timer, SD_EVENT_OFF);
+}
+
+static void on_grant_committed(Manager *m, int error, void *userdata) {
+        acquire_request_complete(userdata, error, NULL, -1);
 }
 
 /* The userdata of a hold's event sources: they need both the manager and
@@ -222,7 +326,13 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
         granted = TAKE_PTR(h);
         lock_table_add(m->table, granted);
         log_hold("Granted", granted);
-        acquire_request_complete(req, 0, granted, write_fd);
+        req->granted_token = granted->token;
+
+        /* Answered once durable: with the next group commit. */
+        if (hold_is_persistent(granted))
+                return manager_after_commit(m, on_grant_committed, req);
+
+        acquire_request_complete(req, 0, NULL, write_fd);
 }
 
 /* Grants waiters at the head of the queue while they fit; adjacent shared
@@ -429,7 +539,8 @@ int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec) {
 bool manager_is_idle(const Manager *m) {
         return lock_table_volatile_hold_count(m->table) == 0 &&
                 lock_table_waiter_count(m->table) == 0 &&
-                (!m->pending_calls || g_hash_table_size(m->pending_calls) == 0);
+                (!m->pending_calls || g_hash_table_size(m->pending_calls) == 0) &&
+                m->after_commit.length == 0 && !store_needs_sync(m->store);
 }
 
 static void on_peer_gone(const char *name, void *userdata) {
@@ -603,6 +714,10 @@ int manager_new(const ManagerConfig *config, Manager **ret) {
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate the event loop: %m");
 
+        r = manager_setup_commit(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the group commit: %m");
+
         /* Pings systemd's watchdog when WatchdogSec= is set. */
         r = sd_event_set_watchdog(m->event, true);
         if (r < 0)
@@ -632,6 +747,10 @@ Manager *manager_free(Manager *m) {
         /* Holds are dropped from memory only: their files stay for the next
          * start. Waiting requests are gone with the bus connection. */
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
+        /* manager_run() committed; what is left had no reply to wait for. */
+        g_queue_clear_full(&m->after_commit, g_free);
+        m->commit_source = sd_event_source_disable_unref(m->commit_source);
+        m->commit_timer = sd_event_source_disable_unref(m->commit_timer);
         if (m->pending_calls)
                 g_hash_table_destroy(m->pending_calls);
         m->table = lock_table_free(m->table);
@@ -682,6 +801,10 @@ static int manager_loop(Manager *m) {
                         return r;
                 if (r == SD_EVENT_FINISHED)
                         break;
+
+                /* Anything left dirty (a release, a drop at start) is
+                 * flushed soon even when nobody waits for it. */
+                manager_arm_commit(m);
 
                 if (m->idle_timeout_usec > 0 && !m->exiting)
                         timeout = m->idle_timeout_usec;
@@ -740,6 +863,10 @@ int manager_run(Manager *m) {
 
         r = manager_loop(m);
         (void) sd_notify(false, "STOPPING=1");
+
+        /* What was answered is durable already; make the rest so and answer it. */
+        if (!g_queue_is_empty(&m->after_commit) || store_needs_sync(m->store))
+                (void) manager_commit(m);
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
 

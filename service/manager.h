@@ -54,6 +54,13 @@ typedef struct Manager {
          * waiting for polkit); it sets the destroy function. */
         GHashTable *pending_calls;
 
+        /* Group commit of the lock directory: callbacks waiting for the
+         * next store_sync(), run by commit_source (idle priority, after
+         * the bus is drained) or commit_timer (a bound on the delay). */
+        GQueue after_commit;
+        sd_event_source *commit_source;
+        sd_event_source *commit_timer;
+
         /* Set once the bus name was released for an idle exit. */
         bool exiting;
         sd_bus_slot *release_name_slot;
@@ -62,8 +69,9 @@ typedef struct Manager {
 typedef struct AcquireRequest AcquireRequest;
 
 /* Called exactly once per request, with error:
- *    0            granted: hold is the new hold, fd the caller's end of an
- *                 fd hold (else -1); both borrowed (dup the fd to keep it);
+ *    0            granted, durably: token is the fencing token, fd the
+ *                 caller's end of an fd hold (else -1, borrowed: dup it to
+ *                 keep it); hold is NULL;
  *   -EBUSY        another owner holds it and the request does not wait;
  *                 hold is the holder in the way (NULL if only waiters are);
  *   -EALREADY     the caller holds it already; hold is that hold;
@@ -72,7 +80,7 @@ typedef struct AcquireRequest AcquireRequest;
  *   -ECONNRESET   the caller left the bus while waiting: nobody to answer;
  *   -ESHUTDOWN    the daemon is exiting and could not take its name back;
  *   other         the grant could not be stored, nothing is held. */
-typedef void (*AcquireDone)(AcquireRequest *req, int error, const Hold *hold, int fd);
+typedef void (*AcquireDone)(AcquireRequest *req, int error, const Hold *hold, uint64_t token, int fd);
 
 struct AcquireRequest {
         /* Set by the caller before manager_submit(). */
@@ -86,8 +94,10 @@ struct AcquireRequest {
         AcquireDone done;
         void *userdata;
 
-        /* The manager's, while the request waits. */
+        /* The manager's, while the request waits or its grant is being
+         * made durable. */
         Manager *manager;
+        uint64_t granted_token;
         Waiter waiter;
         sd_event_source *timeout_source;
 };
@@ -126,6 +136,14 @@ int manager_break(Manager *m, const char *resource);
  * expiry (CLOCK_REALTIME), 0 for a hold without TTL. */
 int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec);
 
+/* Runs callback(m, error, userdata) once every change to the lock
+ * directory made so far is durable (error 0), at once if there is none.
+ * If making them durable fails, error is negative and the daemon exits
+ * after answering: which of the changes reached the disk is unknown, and
+ * the next start reloads what did. */
+typedef void (*ManagerCommitCallback)(Manager *m, int error, void *userdata);
+void manager_after_commit(Manager *m, ManagerCommitCallback callback, void *userdata);
+
 /* Work this process must finish itself (a waiter, an fd hold, a polkit
  * query) arriving during an idle exit takes the bus name back: what came
  * before the release would otherwise be lost with the process. The next
@@ -134,5 +152,6 @@ int manager_refresh(Manager *m, Hold *h, uint64_t *ret_expires_usec);
 int manager_cancel_idle_exit(Manager *m);
 
 /* True if nothing but durable state is held: no connection or fd holds, no
- * waiters and no calls waiting for an answer from elsewhere (polkit). */
+ * waiters, no calls waiting for an answer from elsewhere (polkit), nothing
+ * waiting for the group commit. */
 bool manager_is_idle(const Manager *m);

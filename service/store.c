@@ -38,6 +38,9 @@ struct Store {
         int lock_fd;
         int runtime_fd;
 
+        /* Changes to the lock directory not yet made durable by store_sync(). */
+        bool lock_dirty;
+
         /* To recognise one directory inside the other while loading. */
         dev_t lock_dev, runtime_dev;
         ino_t lock_ino, runtime_ino;
@@ -336,11 +339,20 @@ static char *hold_to_data(const Hold *h, size_t *ret_size) {
         return data;
 }
 
+/* Writes into a directory that was removed while open are lost with it. */
+static int check_directory_linked(int dir_fd) {
+        struct stat st;
+
+        if (fstat(dir_fd, &st) < 0)
+                return -errno;
+        return st.st_nlink == 0 ? -ENOENT : 0;
+}
+
 int store_save_hold(Store *s, const Hold *h) {
         g_autofree char *name = NULL, *data = NULL;
         struct stat st;
         size_t size;
-        bool durable, existed;
+        bool persistent, existed;
         int dir_fd, r;
 
         if (!s || !h || hold_check(h))
@@ -353,28 +365,33 @@ int store_save_hold(Store *s, const Hold *h) {
         dir_fd = hold_directory_fd(s, h);
         if (dir_fd < 0)
                 return dir_fd;
-        durable = hold_is_persistent(h);
+        persistent = hold_is_persistent(h);
+
+        if (persistent) {
+                r = check_directory_linked(dir_fd);
+                if (r < 0)
+                        return r;
+        }
 
         data = hold_to_data(h, &size);
 
         /* Rewriting a hold (e.g. a new expiry) replaces its file. */
         existed = fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) >= 0;
 
-        r = write_file_atomic(dir_fd, name, data, size, durable);
+        /* A new file may wait for the group commit: until store_sync() the
+         * grant is not answered, and a file a crash left half-written is
+         * quarantined at start. Old contents were answered for, so a
+         * rewrite is durable before the rename. */
+        r = write_file_atomic(dir_fd, name, data, size, persistent && existed);
         if (r < 0)
                 return r;
 
-        if (durable) {
+        if (persistent && existed) {
                 r = fsync_directory(dir_fd);
-                if (r < 0) {
-                        /* The caller will refuse the grant, so a new file
-                         * must not turn into a hold after a crash. A
-                         * rewritten file stays: that hold is still granted. */
-                        if (!existed)
-                                (void) unlinkat(dir_fd, name, 0);
-                        return r;
-                }
-        }
+                if (r < 0)
+                        return r; /* the rewritten file stays: that hold is still granted */
+        } else if (persistent)
+                s->lock_dirty = true;
 
         return 0;
 }
@@ -398,8 +415,24 @@ int store_remove_hold(Store *s, const Hold *h) {
                 return -errno;
 
         if (hold_is_persistent(h))
-                return fsync_directory(dir_fd);
+                s->lock_dirty = true;
+        return 0;
+}
 
+bool store_needs_sync(const Store *s) {
+        return s->lock_dirty;
+}
+
+int store_sync(Store *s) {
+        if (!s->lock_dirty)
+                return 0;
+
+        /* One flush for every file written and removed since the last one:
+         * with many concurrent grants this is what makes them cheap. */
+        if (syncfs(s->lock_fd) < 0)
+                return -errno;
+
+        s->lock_dirty = false;
         return 0;
 }
 

@@ -6,8 +6,15 @@
  *
  * Two directories, each opened once (O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC) and
  * every file opened relative to that fd with O_NOFOLLOW:
- *   - the lock directory: persistent holds and the token reservation; every
- *     write is durable (temp file, fsync, rename, fsync of the directory);
+ *   - the lock directory: persistent holds and the token reservation.
+ *     New hold files and removals are made durable together (group commit):
+ *     store_save_hold() and store_remove_hold() change the directory at once
+ *     (temp file, rename; unlink) and store_sync() then makes every change
+ *     so far durable with one syncfs(). The caller answers a grant or an
+ *     unlock only after the store_sync() that follows it. A rewrite of an
+ *     existing hold and the token reservation replace acknowledged contents
+ *     and are durable on return (temp file, fsync, rename, fsync of the
+ *     directory);
  *   - the runtime directory: connection and fd holds; written atomically
  *     (temp file, rename), not fsynced: they must not outlive a reboot.
  *
@@ -58,15 +65,24 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_free);
 const char *store_lock_directory(const Store *s);
 const char *store_runtime_directory(const Store *s);
 
-/* Writes the hold's file (persistent → lock directory, durable; connection
- * and fd → runtime directory). On failure nothing is left behind (the temp
+/* Writes the hold's file (persistent → lock directory, see above for when
+ * it is durable; connection and fd → runtime directory). A lock directory
+ * that was removed while open gives -ENOENT: what is written there would
+ * be lost. On failure nothing is left behind (the temp
  * file is removed) and a negative errno is returned; -EINVAL for a hold the
  * loader would reject, so a saved hold is never quarantined later. */
 int store_save_hold(Store *s, const Hold *h);
 
-/* Removes the hold's file (fsync of the directory for persistent holds).
- * -ENOENT if it is already gone. */
+/* Removes the hold's file (durable after the next store_sync() for
+ * persistent holds). -ENOENT if it is already gone. */
 int store_remove_hold(Store *s, const Hold *h);
+
+/* True if the lock directory has changes store_sync() has not made durable. */
+bool store_needs_sync(const Store *s);
+
+/* Makes every change to the lock directory so far durable (one syncfs()).
+ * On failure it cannot be known which of them reached the disk. */
+int store_sync(Store *s);
 
 /* Reads every hold file of both directories. Unparsable or inconsistent
  * files (wrong name for their contents, invalid resource name, unknown mode

@@ -627,6 +627,50 @@ static const CorruptCase corrupt_cases[] = {
         { "tokens", true, .text = { .resource = "tokens", .token = "23" } },
 };
 
+/* New persistent files and removals wait for store_sync() (the group
+ * commit); a rewrite and connection holds do not. */
+static void test_sync(Fixture *f, gconstpointer data) {
+        _cleanup_(hold_freep) Hold *p = make_hold("p", LOCK_MODE_EXCLUSIVE, HOLD_SCOPE_PERSISTENT, 1);
+        _cleanup_(hold_freep) Hold *c = make_hold("c", LOCK_MODE_SHARED, HOLD_SCOPE_CONNECTION, 2);
+
+        fixture_open(f);
+        g_assert_false(store_needs_sync(f->store));
+
+        g_assert_cmpint(store_save_hold(f->store, c), ==, 0);
+        g_assert_false(store_needs_sync(f->store));
+
+        g_assert_cmpint(store_save_hold(f->store, p), ==, 0);
+        g_assert_true(store_needs_sync(f->store));
+        g_assert_cmpint(store_sync(f->store), ==, 0);
+        g_assert_false(store_needs_sync(f->store));
+
+        /* A rewrite (new expiry) is durable on return. */
+        p->expires_usec = 42;
+        g_assert_cmpint(store_save_hold(f->store, p), ==, 0);
+        g_assert_false(store_needs_sync(f->store));
+
+        g_assert_cmpint(store_remove_hold(f->store, p), ==, 0);
+        g_assert_true(store_needs_sync(f->store));
+        g_assert_cmpint(store_sync(f->store), ==, 0);
+        g_assert_false(store_needs_sync(f->store));
+        g_assert_cmpint(store_sync(f->store), ==, 0);
+}
+
+/* A lock directory removed while the store has it open would swallow new
+ * holds: they must be refused, not acknowledged and lost. */
+static void test_removed_directory(Fixture *f, gconstpointer data) {
+        _cleanup_(hold_freep) Hold *p = make_hold("p", LOCK_MODE_EXCLUSIVE, HOLD_SCOPE_PERSISTENT, 1);
+        _cleanup_(hold_freep) Hold *c = make_hold("c", LOCK_MODE_EXCLUSIVE, HOLD_SCOPE_CONNECTION, 2);
+
+        fixture_open(f);
+        g_assert_cmpint(rmdir(f->lock_dir), ==, 0);
+        g_assert_cmpint(store_save_hold(f->store, p), ==, -ENOENT);
+        g_assert_false(store_needs_sync(f->store));
+
+        /* The runtime directory is unaffected. */
+        g_assert_cmpint(store_save_hold(f->store, c), ==, 0);
+}
+
 static void test_corrupt_file(Fixture *f, gconstpointer data) {
         g_autofree char *lock_quarantine = NULL, *runtime_quarantine = NULL, *huge = NULL, *again = NULL;
         g_autoptr(GPtrArray) good_files = g_ptr_array_new_with_free_func(g_free);
@@ -991,6 +1035,7 @@ int main(int argc, char *argv[]) {
         start_reaper(test_root);
 
 #define ADD(path, func) g_test_add(path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+
         ADD("/store/open", test_open);
         ADD("/store/open/refuses", test_open_refuses);
         ADD("/store/save-load", test_save_load);
@@ -998,6 +1043,8 @@ int main(int argc, char *argv[]) {
         ADD("/store/save/replace", test_save_replace);
         ADD("/store/save/invalid", test_save_invalid);
         ADD("/store/remove", test_remove);
+        ADD("/store/sync", test_sync);
+        ADD("/store/removed-directory", test_removed_directory);
         ADD("/store/corrupt-file", test_corrupt_file);
         ADD("/store/symlink-entry", test_symlink_entry);
         ADD("/store/quarantine-symlink", test_quarantine_symlink);
