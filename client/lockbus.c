@@ -12,8 +12,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lockbus.h"
 
@@ -167,8 +169,75 @@ static int lockbus_new(lockbus **ret, sd_bus *bus, bool close_bus) {
 
 typedef int (*bus_open_func_t)(sd_bus **ret, const char *description);
 
-static int lockbus_open_with(lockbus **ret, bus_open_func_t open_func) {
+/* lockbusd's direct socket (the brokerless fast path), if this handle
+ * should try it: $LOCKBUS_DIRECT_SOCKET ("" turns it off), else the
+ * daemon's default, but only when the bus is the default one too (a
+ * private bus has a daemon of its own). */
+static char *direct_socket_path(bool user) {
+        const char *e, *runtime;
+
+        e = getenv("LOCKBUS_DIRECT_SOCKET");
+        if (e)
+                return *e ? strdup(e) : NULL;
+
+        if (!user)
+                return getenv("DBUS_SYSTEM_BUS_ADDRESS") ? NULL : strdup("/run/lockbus/" LOCKBUS_DIRECT_SOCKET_NAME);
+
+        runtime = getenv("XDG_RUNTIME_DIR");
+        if (!runtime || runtime[0] != '/')
+                return NULL;
+        e = getenv("DBUS_SESSION_BUS_ADDRESS");
+        if (e) {
+                char *default_address = NULL;
+                bool is_default;
+
+                if (asprintf(&default_address, "unix:path=%s/bus", runtime) < 0)
+                        return NULL;
+                is_default = strcmp(e, default_address) == 0;
+                free(default_address);
+                if (!is_default)
+                        return NULL;
+        }
+
+        char *path = NULL;
+        if (asprintf(&path, "%s/lockbus/" LOCKBUS_DIRECT_SOCKET_NAME, runtime) < 0)
+                return NULL;
+        return path;
+}
+
+/* A peer-to-peer connection to lockbusd, or a negative errno if it does
+ * not listen there (then the bus is used). */
+static int open_direct(const char *path, sd_bus **ret) {
         _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
+        char *address = NULL;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return -errno;
+
+        if (asprintf(&address, "unix:path=%s", path) < 0)
+                return -ENOMEM;
+
+        r = sd_bus_new(&bus);
+        if (r >= 0)
+                r = sd_bus_set_address(bus, address);
+        free(address);
+        if (r >= 0)
+                r = sd_bus_set_description(bus, "lockbus-direct");
+        if (r >= 0)
+                r = sd_bus_negotiate_fds(bus, true);
+        if (r >= 0)
+                r = sd_bus_start(bus);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+static int lockbus_open_with(lockbus **ret, bus_open_func_t open_func, bool user) {
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
+        char *direct = NULL;
         int r;
 
         if (!ret)
@@ -178,9 +247,16 @@ static int lockbus_open_with(lockbus **ret, bus_open_func_t open_func) {
         if (r < 0)
                 return r;
 
-        r = open_func(&bus, "lockbus");
-        if (r < 0)
-                return r;
+        direct = direct_socket_path(user);
+        if (direct) {
+                r = open_direct(direct, &bus);
+                free(direct);
+        }
+        if (!bus) {
+                r = open_func(&bus, "lockbus");
+                if (r < 0)
+                        return r;
+        }
 
         r = lockbus_new(ret, bus, true);
         if (r < 0)
@@ -190,11 +266,11 @@ static int lockbus_open_with(lockbus **ret, bus_open_func_t open_func) {
 }
 
 _public_ int lockbus_open_system(lockbus **ret) {
-        return lockbus_open_with(ret, sd_bus_open_system_with_description);
+        return lockbus_open_with(ret, sd_bus_open_system_with_description, /* user= */ false);
 }
 
 _public_ int lockbus_open_user(lockbus **ret) {
-        return lockbus_open_with(ret, sd_bus_open_user_with_description);
+        return lockbus_open_with(ret, sd_bus_open_user_with_description, /* user= */ true);
 }
 
 _public_ int lockbus_open_system_remote(lockbus **ret, const char *host) {

@@ -18,6 +18,10 @@
 
 #define LOCKBUS_POLKIT_ACTION_BREAK     "io.lockbus1.break"
 
+/* The daemon's direct (peer-to-peer) socket in its runtime directory. It
+ * starts with '.', so the store never takes it for a hold file. */
+#define LOCKBUS_DIRECT_SOCKET_NAME      ".direct.sock"
+
 /* Limits of the contract. */
 #define LOCKBUS_RESOURCE_MAX            255U    /* bytes */
 #define LOCKBUS_DESCRIPTION_MAX         1024U   /* bytes */

@@ -540,12 +540,13 @@ static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *e
         b->resource = g_strdup(resource);
         b->caller = (Peer) {
                 .name = g_strdup(caller->name),
+                .direct = caller->direct,
                 .uid = caller->uid,
                 .pid = caller->pid,
                 .comm = g_strdup(caller->comm),
         };
 
-        r = polkit_check_async(m->bus, caller->name, LOCKBUS_POLKIT_ACTION_BREAK,
+        r = polkit_check_async(m->bus, caller, LOCKBUS_POLKIT_ACTION_BREAK,
                                sd_bus_message_get_allow_interactive_authorization(message) > 0,
                                on_break_authorized, b, &b->slot);
         if (r < 0) {
@@ -729,12 +730,16 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_END
 };
 
+int bus_manager_export_on(Manager *m, sd_bus *bus) {
+        return sd_bus_add_object_vtable(bus, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, manager_vtable, m);
+}
+
 int bus_manager_export(Manager *m) {
         int r;
 
         m->pending_calls = g_hash_table_new_full(g_direct_hash, g_direct_equal, pending_break_free, NULL);
 
-        r = sd_bus_add_object_vtable(m->bus, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, manager_vtable, m);
+        r = bus_manager_export_on(m, m->bus);
         if (r < 0)
                 return log_error_errno(r, "Failed to export %s: %m", LOCKBUS_OBJECT_PATH);
         return 0;

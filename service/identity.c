@@ -8,13 +8,16 @@
 typedef struct PeerEntry {
         Peer peer;
         bool has_creds;
-        sd_bus_track *track;
+        sd_bus_track *track;    /* bus peers */
+        sd_bus *connection;     /* direct peers */
         PeerRegistry *registry;
 } PeerEntry;
 
 struct PeerRegistry {
         sd_bus *bus;
         GHashTable *peers;      /* name → PeerEntry* (owned) */
+        GHashTable *direct;     /* sd_bus* → PeerEntry* (borrowed from peers) */
+        uint64_t n_direct;      /* for the next direct peer's name */
         PeerGoneHandler on_gone;
         void *userdata;
 };
@@ -23,6 +26,7 @@ static void peer_entry_free(PeerEntry *e) {
         if (!e)
                 return;
         sd_bus_track_unref(e->track);
+        sd_bus_unref(e->connection);
         g_free(e->peer.name);
         g_free(e->peer.comm);
         g_free(e);
@@ -33,6 +37,7 @@ int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, Peer
 
         r->bus = sd_bus_ref(bus);
         r->peers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify) peer_entry_free);
+        r->direct = g_hash_table_new(g_direct_hash, g_direct_equal);
         r->on_gone = on_gone;
         r->userdata = userdata;
         *ret = r;
@@ -42,6 +47,7 @@ int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, Peer
 PeerRegistry *peer_registry_free(PeerRegistry *r) {
         if (!r)
                 return NULL;
+        g_hash_table_destroy(r->direct);
         g_hash_table_destroy(r->peers);
         sd_bus_unref(r->bus);
         g_free(r);
@@ -91,16 +97,13 @@ static void peer_entry_drop(PeerRegistry *r, PeerEntry *e) {
         g_hash_table_remove(r->peers, e->peer.name);
 }
 
-static int peer_entry_query_creds(PeerEntry *e, sd_bus_message *m) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+#define PEER_CREDS_MASK (SD_BUS_CREDS_EUID|SD_BUS_CREDS_PID|SD_BUS_CREDS_COMM|SD_BUS_CREDS_AUGMENT)
+
+static int peer_entry_set_creds(PeerEntry *e, sd_bus_creds *creds) {
         const char *comm = NULL;
         uid_t uid;
         pid_t pid;
         int k;
-
-        k = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID|SD_BUS_CREDS_PID|SD_BUS_CREDS_COMM|SD_BUS_CREDS_AUGMENT, &creds);
-        if (k < 0)
-                return k;
 
         /* Decisions are taken on the uid and pid only if the broker vouched
          * for them; fields filled in from /proc could belong to a recycled
@@ -124,14 +127,31 @@ static int peer_entry_query_creds(PeerEntry *e, sd_bus_message *m) {
         return 0;
 }
 
+static int peer_entry_query_creds(PeerEntry *e, sd_bus_message *m) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        int k;
+
+        k = sd_bus_query_sender_creds(m, PEER_CREDS_MASK, &creds);
+        if (k < 0)
+                return k;
+        return peer_entry_set_creds(e, creds);
+}
+
 int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **ret) {
         const char *sender;
         PeerEntry *e;
         int k;
 
         sender = sd_bus_message_get_sender(m);
-        if (!sender)
-                return -EPERM; /* a direct connection: we only serve a broker */
+        if (!sender) {
+                /* No broker in between: a direct connection, known since it
+                 * was accepted. */
+                e = g_hash_table_lookup(r->direct, sd_bus_message_get_bus(m));
+                if (!e)
+                        return -EPERM;
+                *ret = &e->peer;
+                return 0;
+        }
 
         e = g_hash_table_lookup(r->peers, sender);
         if (e && e->has_creds) {
@@ -168,6 +188,60 @@ int peer_registry_watch(PeerRegistry *r, const char *name) {
         if (k < 0)
                 return k;
         return 1;
+}
+
+int peer_registry_add_direct(PeerRegistry *r, sd_bus *connection, const Peer **ret) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        PeerEntry *e;
+        int k;
+
+        k = sd_bus_get_owner_creds(connection, PEER_CREDS_MASK, &creds);
+        if (k < 0)
+                return k;
+
+        e = g_new0(PeerEntry, 1);
+        e->registry = r;
+        e->peer.name = g_strdup_printf("direct:%" PRIu64, ++r->n_direct);
+        e->peer.direct = true;
+        e->peer.comm = g_strdup("");
+        e->connection = sd_bus_ref(connection);
+
+        k = peer_entry_set_creds(e, creds);
+        if (k < 0) {
+                peer_entry_free(e);
+                return k;
+        }
+
+        /* The socket tells uid and pid only; comm, for display, from /proc. */
+        if (e->peer.comm[0] == '\0') {
+                _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *proc = NULL;
+                const char *comm;
+
+                if (sd_bus_creds_new_from_pid(&proc, e->peer.pid, SD_BUS_CREDS_COMM) >= 0 &&
+                    sd_bus_creds_get_comm(proc, &comm) >= 0) {
+                        g_free(e->peer.comm);
+                        e->peer.comm = g_strdup(comm);
+                }
+        }
+
+        g_hash_table_insert(r->peers, e->peer.name, e);
+        g_hash_table_insert(r->direct, connection, e);
+        *ret = &e->peer;
+        return 0;
+}
+
+void peer_registry_remove_direct(PeerRegistry *r, sd_bus *connection) {
+        PeerEntry *e = g_hash_table_lookup(r->direct, connection);
+        g_autofree char *name = NULL;
+
+        if (!e)
+                return;
+
+        name = g_strdup(e->peer.name);
+        g_hash_table_remove(r->direct, connection);
+        g_hash_table_remove(r->peers, name);
+        if (r->on_gone)
+                r->on_gone(name, r->userdata);
 }
 
 bool peer_registry_contains(const PeerRegistry *r, const char *name) {

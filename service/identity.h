@@ -23,7 +23,8 @@
 typedef struct PeerRegistry PeerRegistry;
 
 typedef struct Peer {
-        char *name;             /* unique bus name */
+        char *name;             /* unique bus name, or "direct:N" for a direct connection */
+        bool direct;            /* a peer-to-peer connection to the daemon, not through the bus */
         uid_t uid;
         pid_t pid;
         char *comm;             /* may be "" */
@@ -40,6 +41,14 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(PeerRegistry *, peer_registry_free);
  * a negative errno (e.g. -ENXIO when the sender is already gone, -EPERM if
  * the broker gave no trustworthy uid). */
 int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **ret);
+
+/* Registers a direct (peer-to-peer) connection to the daemon: its identity
+ * comes from the socket's peer credentials (SO_PEERCRED), its name is
+ * "direct:N" (never a bus name). Calls on it are looked up by their
+ * connection. peer_registry_remove_direct() is called when it closes and
+ * runs the gone-handler. */
+int peer_registry_add_direct(PeerRegistry *r, sd_bus *connection, const Peer **ret);
+void peer_registry_remove_direct(PeerRegistry *r, sd_bus *connection);
 
 /* Starts watching `name` (for a connection hold reloaded at start) and tells
  * whether it is still on the bus: 1 if it is (the gone-handler will fire

@@ -9,6 +9,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "bus-manager.h"
+#include "direct.h"
 #include "fdstore.h"
 #include "lockbus-names.h"
 #include "log.h"
@@ -40,6 +41,7 @@ AcquireRequest *acquire_request_new(const Peer *caller, const char *resource) {
         req->description = g_strdup("");
         req->caller = (Peer) {
                 .name = g_strdup(caller->name),
+                .direct = caller->direct,
                 .uid = caller->uid,
                 .pid = caller->pid,
                 .comm = g_strdup(caller->comm),
@@ -540,6 +542,7 @@ bool manager_is_idle(const Manager *m) {
         return lock_table_volatile_hold_count(m->table) == 0 &&
                 lock_table_waiter_count(m->table) == 0 &&
                 (!m->pending_calls || g_hash_table_size(m->pending_calls) == 0) &&
+                direct_server_connection_count(m->direct) == 0 &&
                 m->after_commit.length == 0 && !store_needs_sync(m->store);
 }
 
@@ -599,7 +602,7 @@ static void manager_restore_hold(Manager *m, Hold *hold, uint64_t now, GHashTabl
         }
         else if (h->scope == HOLD_SCOPE_CONNECTION) {
                 if (!h->bus_id || strcmp(h->bus_id, m->bus_id) != 0)
-                        drop = "it was acquired on another bus instance";
+                        drop = "its connection is not on this bus (another bus instance, or a direct connection)";
                 else {
                         r = peer_registry_watch(m->peers, h->sender);
                         if (r < 0) {
@@ -747,6 +750,8 @@ Manager *manager_free(Manager *m) {
         /* Holds are dropped from memory only: their files stay for the next
          * start. Waiting requests are gone with the bus connection. */
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
+        /* Direct connections first: closing them releases holds. */
+        m->direct = direct_server_free(m->direct);
         /* manager_run() committed; what is left had no reply to wait for. */
         g_queue_clear_full(&m->after_commit, g_free);
         m->commit_source = sd_event_source_disable_unref(m->commit_source);
@@ -826,6 +831,7 @@ static int manager_loop(Manager *m) {
 }
 
 int manager_run(Manager *m) {
+        g_autofree char *direct_path = NULL;
         sigset_t mask;
         int r;
 
@@ -846,6 +852,11 @@ int manager_run(Manager *m) {
         r = bus_manager_export(m);
         if (r < 0)
                 return r;
+
+        direct_path = g_build_filename(store_runtime_directory(m->store), LOCKBUS_DIRECT_SOCKET_NAME, NULL);
+        r = direct_server_new(m, direct_path, &m->direct);
+        if (r < 0)
+                log_warning_errno(r, "Failed to listen on %s, serving the bus only: %m", direct_path);
 
         r = sd_bus_request_name(m->bus, LOCKBUS_BUS_NAME, 0);
         if (r == -EEXIST) {

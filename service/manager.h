@@ -45,6 +45,7 @@ typedef struct Manager {
         LockTable *table;
         TokenIssuer *tokens;
         PeerRegistry *peers;
+        struct DirectServer *direct;    /* the brokerless socket, NULL if it could not be set up */
 
         unsigned max_locks_per_user;
         unsigned max_waiters_per_user;

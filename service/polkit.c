@@ -35,7 +35,7 @@ static int on_check_authorization_reply(sd_bus_message *reply, void *userdata, s
         return 0;
 }
 
-int polkit_check_async(sd_bus *bus, const char *sender, const char *action, bool interactive,
+int polkit_check_async(sd_bus *bus, const Peer *subject, const char *action, bool interactive,
                        PolkitCallback callback, void *userdata, sd_bus_slot **ret_slot) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
@@ -48,8 +48,19 @@ int polkit_check_async(sd_bus *bus, const char *sender, const char *action, bool
         if (r < 0)
                 return r;
 
-        r = sd_bus_message_append(call, "(sa{sv})sa{ss}us",
-                                  "system-bus-name", 1, "name", "s", sender,
+        /* A direct peer has no bus name; polkit finds the process's start
+         * time itself (start-time 0), as pkcheck does. */
+        if (subject->direct)
+                r = sd_bus_message_append(call, "(sa{sv})", "unix-process", 3,
+                                          "pid", "u", (uint32_t) subject->pid,
+                                          "start-time", "t", UINT64_C(0),
+                                          "uid", "i", (int32_t) subject->uid);
+        else
+                r = sd_bus_message_append(call, "(sa{sv})", "system-bus-name", 1, "name", "s", subject->name);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_append(call, "sa{ss}us",
                                   action,
                                   0,
                                   interactive ? POLKIT_CHECK_AUTHORIZATION_FLAGS_ALLOW_USER_INTERACTION : 0U,
