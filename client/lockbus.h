@@ -84,9 +84,14 @@ typedef struct lockbus_holder {
 
 /* --- Handles ------------------------------------------------------------ */
 
-/* Connects to the system bus (honours DBUS_SYSTEM_BUS_ADDRESS), the user
- * bus, or the system bus of a remote host over ssh ("user@host", as
- * sd_bus_open_system_remote()). */
+/* Connects to lockbusd: lockbus_open_system() and lockbus_open_user() first
+ * try the daemon's direct socket (peer to peer, no bus daemon in between:
+ * $LOCKBUS_DIRECT_SOCKET, "" to turn it off; else /run/lockbus/.direct.sock,
+ * or $XDG_RUNTIME_DIR/lockbus/.direct.sock for the user instance, used only
+ * when the bus address is the default one) and fall back to the system bus
+ * (honours DBUS_SYSTEM_BUS_ADDRESS) or the user bus. Locks behave the same
+ * on both. lockbus_open_system_remote() connects to the system bus of a
+ * remote host over ssh ("user@host", as sd_bus_open_system_remote()). */
 int lockbus_open_system(lockbus **ret);
 int lockbus_open_user(lockbus **ret);
 int lockbus_open_system_remote(lockbus **ret, const char *host);
@@ -97,7 +102,8 @@ lockbus *lockbus_ref(lockbus *l);
 lockbus *lockbus_unref(lockbus *l);         /* NULL-safe; returns NULL */
 void lockbus_unrefp(lockbus **l);           /* for __attribute__((cleanup)) */
 
-/* The bus connection (borrowed). */
+/* The connection (borrowed): a bus connection, or a direct connection to
+ * lockbusd that serves nothing but io.lockbus1. */
 sd_bus *lockbus_get_bus(lockbus *l);
 
 /* The message of the service's last error on this handle, e.g.
