@@ -310,33 +310,69 @@ static int hold_directory_fd(const Store *s, const Hold *h) {
         return hold_is_persistent(h) ? s->lock_fd : s->runtime_fd;
 }
 
+/* Appends "key=value\n" with value escaped as GKeyFile reads it back:
+ * backslash, newline, carriage return and tab as \\ \n \r \t, a leading or
+ * trailing space as \s (GKeyFile trims unescaped whitespace around a
+ * value). Writing the format by hand rather than through GKeyFile keeps
+ * every grant cheap; the loader still parses it with GKeyFile. */
+static void append_string_key(GString *out, const char *key, const char *value) {
+        g_string_append(out, key);
+        g_string_append_c(out, '=');
+        for (const char *p = value; *p; p++)
+                switch (*p) {
+                case '\\':
+                        g_string_append(out, "\\\\");
+                        break;
+                case '\n':
+                        g_string_append(out, "\\n");
+                        break;
+                case '\r':
+                        g_string_append(out, "\\r");
+                        break;
+                case '\t':
+                        g_string_append(out, "\\t");
+                        break;
+                case ' ':
+                        if (p == value || p[1] == '\0')
+                                g_string_append(out, "\\s");
+                        else
+                                g_string_append_c(out, ' ');
+                        break;
+                default:
+                        g_string_append_c(out, *p);
+                }
+        g_string_append_c(out, '\n');
+}
+
+static void append_uint_key(GString *out, const char *key, uint64_t value) {
+        g_string_append_printf(out, "%s=%" PRIu64 "\n", key, value);
+}
+
 static char *hold_to_data(const Hold *h, size_t *ret_size) {
-        g_autoptr(GKeyFile) k = g_key_file_new();
+        GString *out = g_string_sized_new(512);
         g_autofree char *comm = NULL;
-        gsize size;
-        char *data;
 
         /* comm comes from the kernel and may be any bytes; it is display-only,
          * so a repaired copy is better than a grant that cannot be stored. */
         comm = g_utf8_make_valid(strempty(h->comm), -1);
 
-        g_key_file_set_string(k, HOLD_GROUP, "Resource", h->resource);
-        g_key_file_set_string(k, HOLD_GROUP, "Mode", lock_mode_to_string(h->mode));
-        g_key_file_set_string(k, HOLD_GROUP, "Scope", hold_scope_to_string(h->scope));
-        g_key_file_set_uint64(k, HOLD_GROUP, "Token", h->token);
-        g_key_file_set_uint64(k, HOLD_GROUP, "UID", (uint64_t) h->uid);
-        g_key_file_set_uint64(k, HOLD_GROUP, "PID", (uint64_t) h->pid);
-        g_key_file_set_string(k, HOLD_GROUP, "Comm", comm);
-        g_key_file_set_string(k, HOLD_GROUP, "Sender", strempty(h->sender));
-        g_key_file_set_string(k, HOLD_GROUP, "BusID", strempty(h->bus_id));
-        g_key_file_set_uint64(k, HOLD_GROUP, "Since", h->since_usec);
-        g_key_file_set_uint64(k, HOLD_GROUP, "Expires", h->expires_usec);
-        g_key_file_set_uint64(k, HOLD_GROUP, "TTL", h->ttl_usec);
-        g_key_file_set_string(k, HOLD_GROUP, "Description", strempty(h->description));
+        g_string_append(out, "[" HOLD_GROUP "]\n");
+        append_string_key(out, "Resource", h->resource);
+        append_string_key(out, "Mode", lock_mode_to_string(h->mode));
+        append_string_key(out, "Scope", hold_scope_to_string(h->scope));
+        append_uint_key(out, "Token", h->token);
+        append_uint_key(out, "UID", (uint64_t) h->uid);
+        append_uint_key(out, "PID", (uint64_t) h->pid);
+        append_string_key(out, "Comm", comm);
+        append_string_key(out, "Sender", strempty(h->sender));
+        append_string_key(out, "BusID", strempty(h->bus_id));
+        append_uint_key(out, "Since", h->since_usec);
+        append_uint_key(out, "Expires", h->expires_usec);
+        append_uint_key(out, "TTL", h->ttl_usec);
+        append_string_key(out, "Description", strempty(h->description));
 
-        data = g_key_file_to_data(k, &size, NULL);
-        *ret_size = size;
-        return data;
+        *ret_size = out->len;
+        return g_string_free(out, FALSE);
 }
 
 /* Writes into a directory that was removed while open are lost with it. */

@@ -627,6 +627,42 @@ static const CorruptCase corrupt_cases[] = {
         { "tokens", true, .text = { .resource = "tokens", .token = "23" } },
 };
 
+/* The hand-written file format reads back, through GKeyFile, exactly. */
+static void test_save_load_escaping(Fixture *f, gconstpointer data) {
+        static const char *const strings[] = {
+                " leading", "trailing ", "  both  ", "in  side", "\ttab\t", "back\\slash", "\\s literal",
+                "new\nline", "carriage\rreturn", "= equals = ", "[Hold]", "#not a comment", ";", " ", "\t",
+                "ümlaut ロック", "",
+        };
+        g_autoptr(GPtrArray) loaded = NULL;
+        uint64_t token = 1;
+
+        fixture_open(f);
+        for (size_t i = 0; i < G_N_ELEMENTS(strings); i++) {
+                g_autofree char *other = g_strdup_printf("r%zu", i);
+                _cleanup_(hold_freep) Hold *h = make_hold(resource_name_is_valid(strings[i]) ? strings[i] : other,
+                                                          LOCK_MODE_SHARED, HOLD_SCOPE_PERSISTENT, token++);
+
+                g_free(h->description);
+                h->description = g_strdup(strings[i]);
+                g_free(h->comm);
+                h->comm = g_strdup(strings[i]);
+                g_assert_cmpint(store_save_hold(f->store, h), ==, 0);
+        }
+
+        loaded = load(f);
+        g_assert_cmpuint(loaded->len, ==, G_N_ELEMENTS(strings));
+        for (guint i = 0; i < loaded->len; i++) {
+                const Hold *h = loaded->pdata[i];
+                const char *expected = strings[h->token - 1];
+                g_autofree char *other = g_strdup_printf("r%" PRIu64, h->token - 1);
+
+                g_assert_cmpstr(h->resource, ==, resource_name_is_valid(expected) ? expected : other);
+                g_assert_cmpstr(h->description, ==, expected);
+                g_assert_cmpstr(h->comm, ==, expected);
+        }
+}
+
 /* New persistent files and removals wait for store_sync() (the group
  * commit); a rewrite and connection holds do not. */
 static void test_sync(Fixture *f, gconstpointer data) {
@@ -1040,6 +1076,7 @@ int main(int argc, char *argv[]) {
         ADD("/store/open/refuses", test_open_refuses);
         ADD("/store/save-load", test_save_load);
         ADD("/store/save-load/fields", test_save_load_fields);
+        ADD("/store/save-load/escaping", test_save_load_escaping);
         ADD("/store/save/replace", test_save_replace);
         ADD("/store/save/invalid", test_save_invalid);
         ADD("/store/remove", test_remove);
