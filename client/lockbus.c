@@ -228,6 +228,13 @@ static int open_direct(const char *path, sd_bus **ret) {
                 r = sd_bus_negotiate_fds(bus, true);
         if (r >= 0)
                 r = sd_bus_start(bus);
+        /* sd_bus_start() only connects: the daemon may still turn the
+         * connection away (a uid over its limit, an idle exit), which a
+         * first call would meet. Make that call here, while the bus is
+         * still the fallback. */
+        if (r >= 0)
+                r = sd_bus_call_method(bus, NULL, LOCKBUS_OBJECT_PATH, "org.freedesktop.DBus.Peer", "Ping",
+                                       NULL, NULL, NULL);
         if (r < 0)
                 return r;
 

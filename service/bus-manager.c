@@ -312,6 +312,9 @@ static int acquire_common(sd_bus_message *message, Manager *m, bool fd_hold, sd_
         r = read_resource(message, &resource, error);
         if (r < 0)
                 return r;
+        if (fd_hold && sd_bus_can_send(sd_bus_message_get_bus(message), 'h') <= 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                        "AcquireFd needs a connection that passes file descriptors");
         r = parse_acquire_options(message, /* allow_scope= */ !fd_hold, &o, error);
         if (r < 0)
                 return r;

@@ -35,7 +35,9 @@ struct DirectServer {
 static void direct_connection_free(DirectConnection *c) {
         if (!c)
                 return;
-        sd_bus_flush_close_unref(c->bus);
+        /* No flush: it would wait for a peer that never authenticates or
+         * never reads. */
+        sd_bus_close_unref(c->bus);
         g_free(c);
 }
 
@@ -106,6 +108,7 @@ static int direct_connection_new(DirectServer *s, int fd) {
                 log_notice("Refusing a direct connection of uid " UID_FMT ": it has %u already.",
                            peer->uid, DIRECT_CONNECTIONS_PER_USER_MAX);
                 peer_registry_remove_direct(s->manager->peers, bus);
+                sd_bus_close(c->bus);
                 direct_connection_free(c);
                 return 0;
         }
@@ -116,6 +119,9 @@ static int direct_connection_new(DirectServer *s, int fd) {
                 r = bus_manager_export_on(s->manager, bus);
         if (r >= 0)
                 r = sd_bus_attach_event(bus, s->manager->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r >= 0)
+                /* Nor on exit (direct_server_free() closes it). */
+                r = sd_bus_set_close_on_exit(bus, false);
         if (r < 0) {
                 peer_registry_remove_direct(s->manager->peers, bus);
                 direct_connection_free(c);

@@ -18,6 +18,7 @@ struct PeerRegistry {
         GHashTable *peers;      /* name → PeerEntry* (owned) */
         GHashTable *direct;     /* sd_bus* → PeerEntry* (borrowed from peers) */
         uint64_t n_direct;      /* for the next direct peer's name */
+        char instance[9];       /* random, so that direct names differ between daemon runs */
         PeerGoneHandler on_gone;
         void *userdata;
 };
@@ -38,6 +39,9 @@ int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, Peer
         r->bus = sd_bus_ref(bus);
         r->peers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify) peer_entry_free);
         r->direct = g_hash_table_new(g_direct_hash, g_direct_equal);
+        /* fd holds of direct peers survive a restart in systemd's fd store:
+         * a new peer must never get an old one's name. */
+        g_snprintf(r->instance, sizeof(r->instance), "%08x", g_random_int());
         r->on_gone = on_gone;
         r->userdata = userdata;
         *ret = r;
@@ -143,7 +147,7 @@ int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **re
         int k;
 
         sender = sd_bus_message_get_sender(m);
-        if (!sender) {
+        if (sd_bus_message_get_bus(m) != r->bus) {
                 /* No broker in between: a direct connection, known since it
                  * was accepted. */
                 e = g_hash_table_lookup(r->direct, sd_bus_message_get_bus(m));
@@ -201,7 +205,7 @@ int peer_registry_add_direct(PeerRegistry *r, sd_bus *connection, const Peer **r
 
         e = g_new0(PeerEntry, 1);
         e->registry = r;
-        e->peer.name = g_strdup_printf("direct:%" PRIu64, ++r->n_direct);
+        e->peer.name = g_strdup_printf("direct:%s.%" PRIu64, r->instance, ++r->n_direct);
         e->peer.direct = true;
         e->peer.comm = g_strdup("");
         e->connection = sd_bus_ref(connection);

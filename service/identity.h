@@ -23,7 +23,7 @@
 typedef struct PeerRegistry PeerRegistry;
 
 typedef struct Peer {
-        char *name;             /* unique bus name, or "direct:N" for a direct connection */
+        char *name;             /* unique bus name, or "direct:RUN.N" for a direct connection */
         bool direct;            /* a peer-to-peer connection to the daemon, not through the bus */
         uid_t uid;
         pid_t pid;
@@ -44,7 +44,8 @@ int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **re
 
 /* Registers a direct (peer-to-peer) connection to the daemon: its identity
  * comes from the socket's peer credentials (SO_PEERCRED), its name is
- * "direct:N" (never a bus name). Calls on it are looked up by their
+ * "direct:RUN.N" (never a bus name; RUN differs between daemon runs). Calls
+ * on it are looked up by their
  * connection. peer_registry_remove_direct() is called when it closes and
  * runs the gone-handler. */
 int peer_registry_add_direct(PeerRegistry *r, sd_bus *connection, const Peer **ret);

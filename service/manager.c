@@ -266,7 +266,8 @@ static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
         h->pid = req->caller.pid;
         h->comm = g_strdup(req->caller.comm);
         h->sender = g_strdup(req->caller.name);
-        h->bus_id = g_strdup(m->bus_id);
+        /* A direct connection is on no bus: its holds end with this daemon. */
+        h->bus_id = g_strdup(req->caller.direct ? "" : m->bus_id);
         h->since_usec = now_realtime_usec();
         h->ttl_usec = req->ttl_usec;
         h->expires_usec = req->ttl_usec > 0 ? add_saturating(h->since_usec, req->ttl_usec) : 0;

@@ -74,6 +74,22 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestBus, test_bus_free)
 /* A new client connection (Hello done) as the current user. */
 sd_bus *test_bus_connect(TestBus *b);
 
+/* lockbusd's direct socket, DIR/run/.direct.sock (LOCKBUS_DIRECT_SOCKET_NAME
+ * in its runtime directory): it serves io.lockbus1.Manager there peer to
+ * peer while it runs. */
+char *test_bus_direct_socket(TestBus *b);
+
+/* A peer-to-peer connection to the socket at `path`: no Hello, fd passing
+ * negotiated, method call timeout TEST_TIMEOUT_USEC. Returns 0 or a
+ * negative errno and asserts nothing, so client processes may use it.
+ * sd_bus_start() does not wait for the daemon: a connection it turns away
+ * shows as such on its first call. Calls may name any destination (a peer
+ * ignores it), so the call wrappers below work on it. */
+int test_direct_connect(const char *path, sd_bus **ret);
+/* The same on test_bus_direct_socket(b), asserting. The daemon must run
+ * (e.g. test_bus_activate_daemon()). */
+sd_bus *test_bus_connect_direct(TestBus *b);
+
 /* Starts lockbusd directly (not by activation) with the activation file's
  * arguments and returns once it owns io.lockbus1 (fails if it exits
  * first). Asserts that nobody owns the name before. */
@@ -157,6 +173,10 @@ typedef struct TestClient {
 } TestClient;
 
 TestClient *test_client_start(TestBus *b, uid_t uid, const char *comm, TestClientFunc func, void *userdata);
+/* The same, but the child's connection is a direct one to the running
+ * daemon's socket (test_direct_connect()) instead of the bus. */
+TestClient *test_client_start_direct(TestBus *b, uid_t uid, const char *comm, TestClientFunc func,
+                                     void *userdata);
 /* Next line from the child without its newline, NULL at EOF. */
 char *test_client_read_line(TestClient *c);
 /* Waits for the child to exit and asserts it exited with status 0. */
@@ -187,7 +207,8 @@ void test_client_finish(TestClient *c);
  *   Acquire R [OPTION...]     → ok TOKEN
  *   Unlock R, Break R         → ok
  *   Refresh R                 → ok EXPIRES
- *   Unique                    → ok UNIQUE-NAME of its connection
+ *   Unique                    → ok UNIQUE-NAME of its connection (an
+ *                             error on a direct connection: it has none)
  *   Start ID R [OPTION...]    Acquire without waiting for the reply (which
  *                             test_client_wait_reply(c, ID) returns later),
  *                             then WaiterCount on the same connection

@@ -1180,7 +1180,9 @@ static char *complete(TestFixture *f, const char *const *words) {
         } while (0)
 
 static void test_cli_completion(TestFixture *f, gconstpointer data) {
-        if (!g_find_program_in_path("bash")) {
+        g_autofree char *bash = g_find_program_in_path("bash");
+
+        if (!bash) {
                 g_test_skip("no bash");
                 return;
         }
