@@ -263,8 +263,13 @@ static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, u
                                   "Resource '%s' not granted: lockbusd is exiting, try again", req->resource);
                 break;
 
+        case -EIO:
+                set_error_storage(&error, "store", req->resource, req->storage_where, req->storage_error);
+                break;
+
         default:
-                set_error_storage(&error, "store", req->resource, directory_of_scope(m, req->scope), result);
+                /* Not an outcome the manager gives; say so rather than guess. */
+                sd_bus_error_set_errnof(&error, result, "Failed to lock '%s': %m", req->resource);
         }
 
         log_refusal(&req->caller, "lock", &error);
@@ -404,9 +409,9 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
         if (r < 0)
                 return r;
 
-        r = manager_release(m, h, "Released (unlocked)");
+        r = manager_release(m, h, "Released (unlocked)", /* by_owner= */ true);
         if (r < 0) {
-                set_error_storage(error, "remove", resource, store_lock_directory(m->store), r);
+                set_error_storage(error, "remove", resource, directory_of_scope(m, h->scope), r);
                 log_refusal(caller, "unlock", error);
                 return r;
         }

@@ -17,6 +17,9 @@
 #include "log.h"
 #include "manager.h"
 
+/* Replies a direct peer may leave unread before it is cut off. */
+#define DIRECT_QUEUED_WRITES_MAX 16U
+
 typedef struct DirectConnection {
         DirectServer *server;
         sd_bus *bus;
@@ -63,6 +66,22 @@ static void direct_connection_close(DirectConnection *c) {
 static int on_disconnected(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         direct_connection_close(userdata);
         return 0;
+}
+
+/* On the bus, dbus-daemon bounds what a peer leaves unread; here the
+ * daemon does: a peer that sends and never reads is cut off, as if it had
+ * disconnected, before its replies eat the daemon's memory. */
+static int on_direct_message(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        DirectConnection *c = userdata;
+        uint64_t queued = 0;
+
+        if (sd_bus_get_n_queued_write(c->bus, &queued) < 0 || queued <= DIRECT_QUEUED_WRITES_MAX)
+                return 0;
+
+        log_notice("Closing the direct connection of uid " UID_FMT ": it does not read its replies "
+                   "(%" PRIu64 " queued).", c->uid, queued);
+        direct_connection_close(c);
+        return 1; /* not dispatched */
 }
 
 static int direct_connection_new(DirectServer *s, int fd) {
@@ -115,6 +134,8 @@ static int direct_connection_new(DirectServer *s, int fd) {
 
         r = sd_bus_match_signal(bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
                                 "org.freedesktop.DBus.Local", "Disconnected", on_disconnected, c);
+        if (r >= 0)
+                r = sd_bus_add_filter(bus, NULL, on_direct_message, c);
         if (r >= 0)
                 r = bus_manager_export_on(s->manager, bus);
         if (r >= 0)

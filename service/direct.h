@@ -11,7 +11,8 @@
  * policy has nothing to enforce here beyond what the daemon itself does:
  * only io.lockbus1.Manager and the standard Introspectable, Properties and
  * Peer interfaces of /io/lockbus1 exist on such a connection. Each uid but
- * root may have at most DIRECT_CONNECTIONS_PER_USER_MAX of them. When a
+ * root may have at most DIRECT_CONNECTIONS_PER_USER_MAX of them; one that
+ * leaves more than 16 replies unread is closed. When a
  * connection closes, its connection holds and waiters go, as when a bus
  * peer leaves. */
 

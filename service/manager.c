@@ -68,6 +68,13 @@ static void acquire_request_complete(AcquireRequest *req, int error, const Hold 
         acquire_request_free(req);
 }
 
+/* A grant that could not be made durable: nothing is held. */
+static void acquire_request_fail_storage(AcquireRequest *req, int error, const char *where) {
+        req->storage_error = error;
+        req->storage_where = where;
+        acquire_request_complete(req, -EIO, NULL, -1);
+}
+
 typedef struct CommitCallback {
         ManagerCommitCallback callback;
         void *userdata;
@@ -169,7 +176,22 @@ static int manager_setup_commit(Manager *m) {
 }
 
 static void on_grant_committed(Manager *m, int error, void *userdata) {
-        acquire_request_complete(userdata, error, NULL, -1);
+        AcquireRequest *req = userdata;
+
+        if (error < 0) {
+                /* Refused: its file must not make it a hold at the next
+                 * start (the daemon exits now). */
+                Hold stub = {
+                        .resource = req->resource,
+                        .token = req->granted_token,
+                        .scope = HOLD_SCOPE_PERSISTENT,
+                };
+
+                (void) store_remove_hold(m->store, &stub);
+                return acquire_request_fail_storage(req, error, store_lock_directory(m->store));
+        }
+
+        acquire_request_complete(req, 0, NULL, -1);
 }
 
 /* The userdata of a hold's event sources: they need both the manager and
@@ -199,7 +221,7 @@ static int on_hold_expired(sd_event_source *s, uint64_t usec, void *userdata) {
 
         /* A persistent hold whose file cannot be removed stays; its timer
          * is spent, so the next start drops it. */
-        (void) manager_release(w->manager, w->hold, "Released (TTL expired)");
+        (void) manager_release(w->manager, w->hold, "Released (TTL expired)", /* by_owner= */ false);
         return 0;
 }
 
@@ -232,7 +254,7 @@ static int hold_arm_expiry(Manager *m, Hold *h) {
 static int on_hold_fd_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         HoldWatch *w = userdata;
 
-        (void) manager_release(w->manager, w->hold, "Released (fd closed)");
+        (void) manager_release(w->manager, w->hold, "Released (fd closed)", /* by_owner= */ false);
         return 0;
 }
 
@@ -276,6 +298,33 @@ static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
         return h;
 }
 
+/* After a directory was removed and created again: writes everything the
+ * daemon holds into it again (tokens first), durably. */
+static int manager_rewrite_store(Manager *m, bool lock_gone, bool runtime_gone) {
+        g_autoptr(GPtrArray) holds = lock_table_list(m->table);
+        int r;
+
+        log_warning("A lock or runtime directory was removed and created again; writing its holds "
+                    "and the token reservation again.");
+
+        if (!lock_gone) {
+                r = token_issuer_rewrite(m->tokens);
+                if (r < 0)
+                        return r;
+        }
+
+        for (guint i = 0; i < holds->len; i++) {
+                const Hold *h = holds->pdata[i];
+
+                if (hold_is_persistent(h) ? lock_gone : runtime_gone)
+                        continue;
+                r = store_save_hold(m->store, h);
+                if (r < 0)
+                        return r;
+        }
+        return store_sync(m->store);
+}
+
 /* Grants a request that fits: token, fd, store, table, answer. */
 static void manager_grant(Manager *m, AcquireRequest *req) {
         _cleanup_(hold_freep) Hold *h = NULL;
@@ -285,10 +334,24 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
 
         h = hold_new_for_request(m, req);
 
+        bool lock_gone = false, runtime_gone = false;
+        r = store_reopen_removed_directories(m->store, &lock_gone, &runtime_gone);
+        if (r > 0)
+                r = manager_rewrite_store(m, lock_gone, runtime_gone);
+        /* The token reservation lives in the lock directory. */
+        if (r >= 0 && (lock_gone || (runtime_gone && !hold_is_persistent(h))))
+                r = -ENOENT;
+        if (r < 0) {
+                log_error_errno(r, "Failed to store the hold on '%s': %m", h->resource);
+                return acquire_request_fail_storage(req, r, hold_is_persistent(h) || lock_gone
+                                                    ? store_lock_directory(m->store)
+                                                    : store_runtime_directory(m->store));
+        }
+
         r = token_issuer_next(m->tokens, &h->token);
         if (r < 0) {
                 log_error_errno(r, "Failed to reserve fencing tokens in %s: %m", store_lock_directory(m->store));
-                return acquire_request_complete(req, r, NULL, -1);
+                return acquire_request_fail_storage(req, r, store_lock_directory(m->store));
         }
 
         if (h->scope == HOLD_SCOPE_FD) {
@@ -296,27 +359,28 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
 
                 if (pipe2(fds, O_CLOEXEC) < 0) {
                         r = log_error_errno(errno, "Failed to create the pipe for an fd hold on '%s': %m", h->resource);
-                        return acquire_request_complete(req, r, NULL, -1);
+                        return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
                 }
                 write_fd = fds[1];
                 r = hold_watch_fd(m, h, fds[0]);
                 if (r < 0) {
                         log_error_errno(r, "Failed to watch the fd hold on '%s': %m", h->resource);
-                        return acquire_request_complete(req, r, NULL, -1);
+                        return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
                 }
         }
 
         r = hold_arm_expiry(m, h);
         if (r < 0) {
                 log_error_errno(r, "Failed to arm the TTL timer for '%s': %m", h->resource);
-                return acquire_request_complete(req, r, NULL, -1);
+                return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
         }
 
         /* Durable before it is answered: all or nothing. */
         r = store_save_hold(m->store, h);
         if (r < 0) {
                 log_error_errno(r, "Failed to save hold for '%s': %m", h->resource);
-                return acquire_request_complete(req, r, NULL, -1);
+                return acquire_request_fail_storage(req, r, hold_is_persistent(h) ? store_lock_directory(m->store)
+                                                                                  : store_runtime_directory(m->store));
         }
 
         if (h->fd_watch) {
@@ -438,12 +502,18 @@ void manager_submit(Manager *m, AcquireRequest *req) {
                 break;
         }
 
+        /* A timeout beyond the clock's range is no timeout. */
+        uint64_t now_mono = 0;
+        (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now_mono);
+        if (req->timeout_usec >= UINT64_MAX - now_mono)
+                req->timeout_usec = UINT64_MAX;
+
         if (req->timeout_usec != UINT64_MAX) {
                 r = sd_event_add_time_relative(m->event, &req->timeout_source, CLOCK_MONOTONIC, req->timeout_usec,
                                                1000, on_waiter_timeout, req);
                 if (r < 0) {
                         log_error_errno(r, "Failed to arm the wait timer for '%s': %m", req->resource);
-                        return acquire_request_complete(req, r, NULL, -1);
+                        return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
                 }
         }
 
@@ -462,12 +532,12 @@ void manager_submit(Manager *m, AcquireRequest *req) {
 }
 
 /* Takes a hold out without serving waiters; see manager_release(). */
-static int manager_remove_hold(Manager *m, Hold *h, const char *reason) {
+static int manager_remove_hold(Manager *m, Hold *h, const char *reason, bool by_owner) {
         int r;
 
         r = store_remove_hold(m->store, h);
         if (r < 0 && r != -ENOENT) {
-                if (hold_is_persistent(h))
+                if (hold_is_persistent(h) || by_owner)
                         return log_error_errno(r, "Failed to remove hold file for '%s', keeping the hold: %m",
                                                h->resource);
                 log_warning_errno(r, "Failed to remove hold file for '%s', ignoring: %m", h->resource);
@@ -481,11 +551,11 @@ static int manager_remove_hold(Manager *m, Hold *h, const char *reason) {
         return 0;
 }
 
-int manager_release(Manager *m, Hold *h, const char *reason) {
+int manager_release(Manager *m, Hold *h, const char *reason, bool by_owner) {
         g_autofree char *resource = g_strdup(h->resource);
         int r;
 
-        r = manager_remove_hold(m, h, reason);
+        r = manager_remove_hold(m, h, reason, by_owner);
         if (r < 0)
                 return r;
         manager_serve_waiters(m, resource);
@@ -503,7 +573,7 @@ int manager_break(Manager *m, const char *resource) {
                         g_ptr_array_add(holds, l->data);
 
         for (guint i = 0; i < holds->len; i++) {
-                int r = manager_remove_hold(m, holds->pdata[i], "Released (broken)");
+                int r = manager_remove_hold(m, holds->pdata[i], "Released (broken)", /* by_owner= */ true);
 
                 if (r < 0 && error == 0)
                         error = r;
@@ -570,7 +640,7 @@ static void on_peer_gone(const char *name, void *userdata) {
                 if (h->scope != HOLD_SCOPE_CONNECTION)
                         continue;
                 g_ptr_array_add(resources, g_strdup(h->resource));
-                (void) manager_remove_hold(m, h, "Released (connection closed)");
+                (void) manager_remove_hold(m, h, "Released (connection closed)", /* by_owner= */ false);
         }
 
         for (guint i = 0; i < resources->len; i++)

@@ -80,7 +80,9 @@ typedef struct AcquireRequest AcquireRequest;
  *   -ETIMEDOUT    waited `timeout_usec` in vain; hold as for -EBUSY;
  *   -ECONNRESET   the caller left the bus while waiting: nobody to answer;
  *   -ESHUTDOWN    the daemon is exiting and could not take its name back;
- *   other         the grant could not be stored, nothing is held. */
+ *   -EIO          the grant could not be stored, nothing is held: the
+ *                 cause is req->storage_error, the place req->storage_where
+ *                 (errno values of the disk never reach the other cases). */
 typedef void (*AcquireDone)(AcquireRequest *req, int error, const Hold *hold, uint64_t token, int fd);
 
 struct AcquireRequest {
@@ -99,6 +101,8 @@ struct AcquireRequest {
          * made durable. */
         Manager *manager;
         uint64_t granted_token;
+        int storage_error;              /* with -EIO: what failed (negative errno) */
+        const char *storage_where;      /* with -EIO: the directory (borrowed from the store) */
         Waiter waiter;
         sd_event_source *timeout_source;
 };
@@ -121,12 +125,13 @@ int manager_run(Manager *m);
  * exactly once, possibly before this returns. Takes ownership of req. */
 void manager_submit(Manager *m, AcquireRequest *req);
 
-/* Releases a hold (it is freed) and serves the waiters it blocked. For a
- * persistent hold whose file cannot be removed the hold stays and the error
- * is returned: it would come back at the next start. Other holds are
- * released anyway; their files are not trusted at start without their
- * connection. */
-int manager_release(Manager *m, Hold *h, const char *reason);
+/* Releases a hold (it is freed) and serves the waiters it blocked. If its
+ * file cannot be removed, a persistent hold, or any hold whose owner asked
+ * (by_owner: Unlock, Break), stays and the error is returned: the file
+ * would bring it back at the next start while its owner still lives. A hold
+ * that ends with its owner (connection closed, fd closed, TTL) is released
+ * anyway: at start its file is not trusted without that owner. */
+int manager_release(Manager *m, Hold *h, const char *reason, bool by_owner);
 
 /* Releases every hold on `resource`, then serves the waiters. Returns the
  * number of holds released, or the first error (the holds that could be

@@ -41,6 +41,11 @@ struct Store {
         /* Changes to the lock directory not yet made durable by store_sync(). */
         bool lock_dirty;
 
+        /* The token reservation file as last written, to notice it being
+         * removed or replaced behind our back. */
+        dev_t tokens_dev;
+        ino_t tokens_ino;
+
         /* To recognise one directory inside the other while loading. */
         dev_t lock_dev, runtime_dev;
         ino_t lock_ino, runtime_ino;
@@ -403,11 +408,9 @@ int store_save_hold(Store *s, const Hold *h) {
                 return dir_fd;
         persistent = hold_is_persistent(h);
 
-        if (persistent) {
-                r = check_directory_linked(dir_fd);
-                if (r < 0)
-                        return r;
-        }
+        r = check_directory_linked(dir_fd);
+        if (r < 0)
+                return r;
 
         data = hold_to_data(h, &size);
 
@@ -455,6 +458,49 @@ int store_remove_hold(Store *s, const Hold *h) {
         return 0;
 }
 
+/* Takes up the directory at `path` again if the one we have open was
+ * removed and another is there now. */
+static int reopen_directory(const char *path, int *fd, bool lock) {
+        _cleanup_close_ int new_fd = -1;
+        struct stat st;
+
+        if (fstat(*fd, &st) < 0)
+                return -errno;
+        if (st.st_nlink > 0)
+                return 0;
+
+        new_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (new_fd < 0)
+                return errno == ENOENT ? -ENOENT : -errno;
+        /* One daemon per lock directory, also for its new incarnation. */
+        if (lock && flock(new_fd, LOCK_EX | LOCK_NB) < 0)
+                return -errno;
+
+        close(*fd);
+        *fd = TAKE_FD(new_fd);
+        return 1;
+}
+
+int store_reopen_removed_directories(Store *s, bool *ret_lock_gone, bool *ret_runtime_gone) {
+        int r, k;
+
+        r = reopen_directory(s->lock_directory, &s->lock_fd, true);
+        k = reopen_directory(s->runtime_directory, &s->runtime_fd, false);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        if (k < 0 && k != -ENOENT)
+                return k;
+
+        if (r > 0) {
+                /* Nothing of the old reservation is in the new directory. */
+                s->tokens_dev = 0;
+                s->tokens_ino = 0;
+        }
+        *ret_lock_gone = r == -ENOENT;
+        *ret_runtime_gone = k == -ENOENT;
+        return r > 0 || k > 0;
+}
+
 bool store_needs_sync(const Store *s) {
         return s->lock_dirty;
 }
@@ -491,8 +537,11 @@ static int key_get_string(GKeyFile *k, const char *key, bool required, char **re
                 return 0;
         }
 
+        /* For an invalid escape (\q, or a \ ending the line) GLib returns
+         * what it could read and an error: that value is malformed too. */
         v = g_key_file_get_string(k, HOLD_GROUP, key, &error);
-        if (!v) {
+        if (!v || error) {
+                g_free(v);
                 if (!*reason)
                         *reason = g_strdup(error->message);
                 return -EBADMSG;
@@ -588,6 +637,49 @@ static Hold *hold_from_data(const char *data, size_t size, char **ret_reason) {
         return TAKE_PTR(h);
 }
 
+int store_parse_hold(const char *data, size_t size, const char *file_name, bool in_runtime_directory,
+                     Hold **ret, char **ret_reason) {
+        _cleanup_(hold_freep) Hold *h = NULL;
+        g_autofree char *reason = NULL, *expected = NULL;
+        int r;
+
+        if ((!data && size > 0) || !ret)
+                return -EINVAL;
+
+        h = hold_from_data(strempty(data), size, &reason);
+        if (!h)
+                goto bad;
+
+        /* A persistent hold in the runtime directory would be lost on reboot
+         * although it promised not to be, and a connection hold in the lock
+         * directory would survive one although it must not. */
+        if (hold_is_persistent(h) == in_runtime_directory) {
+                reason = g_strdup(in_runtime_directory ? "a persistent hold in the runtime directory"
+                                                       : "a connection or fd hold in the lock directory");
+                goto bad;
+        }
+
+        /* A file whose name does not match its contents would be missed by
+         * store_remove_hold() and live forever. */
+        if (file_name) {
+                r = hold_file_name(h, &expected);
+                if (r < 0)
+                        return r;
+                if (!streq(file_name, expected)) {
+                        reason = g_strdup_printf("file name does not match its contents, expected '%s'", expected);
+                        goto bad;
+                }
+        }
+
+        *ret = TAKE_PTR(h);
+        return 0;
+
+bad:
+        if (ret_reason)
+                *ret_reason = TAKE_PTR(reason);
+        return -EBADMSG;
+}
+
 /* Moves an invalid entry aside, keeping its name so a human can find it;
  * never fails the load. Renaming within the directory's fd never follows a
  * symlink: a symlink entry is moved as the link itself. */
@@ -647,20 +739,22 @@ static bool stat_is_store_directory(const Store *s, const struct stat *st) {
                  (st->st_dev == s->runtime_dev && st->st_ino == s->runtime_ino));
 }
 
-/* Reads one directory entry. Returns NULL when it was loaded or is to be
- * left alone, or the reason to quarantine it. */
+/* Reads one directory entry. Returns NULL when it was loaded or is gone,
+ * or the reason to quarantine it. An entry that exists but cannot be read
+ * (permissions, I/O) sets *ret_error: skipping it could grant its lock a
+ * second time, so the load fails instead. */
 static char *load_entry(const Store *s, int dir_fd, const char *dir_path, bool is_lock_directory,
-                        const char *name, GPtrArray *holds) {
+                        const char *name, GPtrArray *holds, int *ret_error) {
         _cleanup_(hold_freep) Hold *h = NULL;
         _cleanup_close_ int fd = -1;
-        g_autofree char *data = NULL, *reason = NULL, *expected = NULL;
+        g_autofree char *data = NULL, *reason = NULL;
         struct stat st;
         size_t size;
         int r;
 
         if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                 if (errno != ENOENT)
-                        log_warning_errno(errno, "Failed to stat '%s/%s': %m, ignoring.", dir_path, name);
+                        *ret_error = log_error_errno(errno, "Failed to stat '%s/%s': %m", dir_path, name);
                 return NULL;
         }
 
@@ -678,11 +772,11 @@ static char *load_entry(const Store *s, int dir_fd, const char *dir_path, bool i
                 if (errno == ELOOP)
                         return g_strdup("not a regular file");
                 if (errno != ENOENT)
-                        log_warning_errno(errno, "Failed to open '%s/%s': %m, ignoring.", dir_path, name);
+                        *ret_error = log_error_errno(errno, "Failed to open '%s/%s': %m", dir_path, name);
                 return NULL;
         }
         if (fstat(fd, &st) < 0) {
-                log_warning_errno(errno, "Failed to stat '%s/%s': %m, ignoring.", dir_path, name);
+                *ret_error = log_error_errno(errno, "Failed to stat '%s/%s': %m", dir_path, name);
                 return NULL;
         }
         if (!S_ISREG(st.st_mode))
@@ -692,31 +786,19 @@ static char *load_entry(const Store *s, int dir_fd, const char *dir_path, bool i
         if (r == -EFBIG)
                 return g_strdup("larger than 64 KiB");
         if (r < 0) {
-                /* An I/O error says nothing about the contents: leave it. */
-                log_warning_errno(r, "Failed to read '%s/%s': %m, ignoring.", dir_path, name);
+                /* An I/O error says nothing about the contents: keep the
+                 * file, and do not pretend it is not there. */
+                *ret_error = log_error_errno(r, "Failed to read '%s/%s': %m", dir_path, name);
                 return NULL;
         }
 
-        h = hold_from_data(data, size, &reason);
-        if (!h)
+        r = store_parse_hold(data, size, name, !is_lock_directory, &h, &reason);
+        if (r == -EBADMSG)
                 return TAKE_PTR(reason);
-
-        /* A persistent hold in the runtime directory would be lost on reboot
-         * although it promised not to be, and a connection hold in the lock
-         * directory would survive one although it must not. */
-        if (hold_is_persistent(h) != is_lock_directory)
-                return g_strdup(is_lock_directory ? "a connection or fd hold in the lock directory"
-                                                  : "a persistent hold in the runtime directory");
-
-        /* A file whose name does not match its contents would be missed by
-         * store_remove_hold() and live forever. */
-        r = hold_file_name(h, &expected);
         if (r < 0) {
-                log_warning_errno(r, "Failed to compute the file name for '%s/%s': %m, ignoring.", dir_path, name);
+                log_warning_errno(r, "Failed to parse '%s/%s': %m, ignoring.", dir_path, name);
                 return NULL;
         }
-        if (!streq(name, expected))
-                return g_strdup_printf("file name does not match its contents, expected '%s'", expected);
 
         g_ptr_array_add(holds, TAKE_PTR(h));
         return NULL;
@@ -770,8 +852,11 @@ static int load_directory(const Store *s, int dir_fd, const char *dir_path, bool
         for (guint i = 0; i < names->len; i++) {
                 const char *name = names->pdata[i];
                 g_autofree char *reason = NULL;
+                int error = 0;
 
-                reason = load_entry(s, dir_fd, dir_path, is_lock_directory, name, holds);
+                reason = load_entry(s, dir_fd, dir_path, is_lock_directory, name, holds, &error);
+                if (error < 0)
+                        return error;
                 if (reason)
                         quarantine(dir_path, dir_fd, name, reason);
         }
@@ -867,5 +952,21 @@ int store_write_token_reservation(Store *s, uint64_t upto) {
         if (r < 0)
                 return r;
 
-        return fsync_directory(s->lock_fd);
+        r = fsync_directory(s->lock_fd);
+        if (r < 0)
+                return r;
+
+        struct stat st;
+        if (fstatat(s->lock_fd, TOKENS_FILE, &st, AT_SYMLINK_NOFOLLOW) >= 0) {
+                s->tokens_dev = st.st_dev;
+                s->tokens_ino = st.st_ino;
+        }
+        return 0;
+}
+
+bool store_token_reservation_intact(Store *s) {
+        struct stat st;
+
+        return fstatat(s->lock_fd, TOKENS_FILE, &st, AT_SYMLINK_NOFOLLOW) >= 0 &&
+                st.st_dev == s->tokens_dev && st.st_ino == s->tokens_ino;
 }

@@ -46,6 +46,8 @@
  * The store takes an exclusive flock() on the lock directory at open, so two
  * daemons never write one directory: store_open() blocks until it gets it. */
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <glib.h>
@@ -77,6 +79,13 @@ int store_save_hold(Store *s, const Hold *h);
  * persistent holds). -ENOENT if it is already gone. */
 int store_remove_hold(Store *s, const Hold *h);
 
+/* If a directory was removed while open and has been created again since
+ * (by an administrator, systemd-tmpfiles), opens the new one (and locks
+ * it): returns 1, and the caller must write its state there again; else 0.
+ * *ret_lock_gone / *ret_runtime_gone tell which directory is removed and
+ * not back (every write there fails with -ENOENT meanwhile). */
+int store_reopen_removed_directories(Store *s, bool *ret_lock_gone, bool *ret_runtime_gone);
+
 /* True if the lock directory has changes store_sync() has not made durable. */
 bool store_needs_sync(const Store *s);
 
@@ -94,6 +103,18 @@ int store_sync(Store *s);
  * the holder of the directory lock writes there. */
 int store_load_holds(Store *s, GPtrArray **ret);
 
+/* What store_load_holds() does with the contents of one hold file, without
+ * the disk; for the fuzzer and tests. data is size bytes (need not be
+ * NUL-terminated). The hold must be a well-formed [Hold] group that
+ * store_save_hold() would write, belong in its directory (persistent ones in
+ * the lock directory, connection and fd ones in the runtime directory) and,
+ * unless file_name is NULL, be the contents of a file of that name
+ * ("<stem>@<token>"). Returns 0 and the hold, with no string NULL, in ret;
+ * -EBADMSG for any invalid contents, with the reason (g_free()) in ret_reason
+ * if that is not NULL; -ENOMEM. */
+int store_parse_hold(const char *data, size_t size, const char *file_name, bool in_runtime_directory,
+                     Hold **ret, char **ret_reason);
+
 /* Reads the token reservation: 0 if the file does not exist yet (a fresh
  * directory). -EBADMSG if it exists but cannot be parsed: the caller must
  * not guess a value, tokens would go backwards. */
@@ -101,3 +122,8 @@ int store_read_token_reservation(Store *s, uint64_t *ret);
 
 /* Durably records that tokens up to and including `upto` may be handed out. */
 int store_write_token_reservation(Store *s, uint64_t upto);
+
+/* False if the reservation file is no longer the one last written (removed
+ * or replaced while the daemon runs): it must be written again before the
+ * next token, or a crash could let tokens go back. */
+bool store_token_reservation_intact(Store *s);

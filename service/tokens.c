@@ -41,7 +41,8 @@ int token_issuer_next(TokenIssuer *t, uint64_t *ret) {
         if (t->last == UINT64_MAX)
                 return -EOVERFLOW;
 
-        if (t->last >= t->reserved) {
+        /* Also when someone removed or replaced the file meanwhile. */
+        if (t->last >= t->reserved || !store_token_reservation_intact(t->store)) {
                 uint64_t upto = t->last + MIN((uint64_t) TOKEN_RESERVATION_BLOCK, UINT64_MAX - t->last);
 
                 r = store_write_token_reservation(t->store, upto);
@@ -52,6 +53,13 @@ int token_issuer_next(TokenIssuer *t, uint64_t *ret) {
 
         *ret = ++t->last;
         return 0;
+}
+
+int token_issuer_rewrite(TokenIssuer *t) {
+        /* Nothing reserved yet: the next token writes it anyway. */
+        if (t->reserved == 0)
+                return 0;
+        return store_write_token_reservation(t->store, t->reserved);
 }
 
 uint64_t token_issuer_last(const TokenIssuer *t) {

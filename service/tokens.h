@@ -30,5 +30,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(TokenIssuer *, token_issuer_free);
  * up; a failure to store it returns a negative errno and issues nothing. */
 int token_issuer_next(TokenIssuer *t, uint64_t *ret);
 
+/* Writes the current reservation again (e.g. into a directory created
+ * again after it was removed). */
+int token_issuer_rewrite(TokenIssuer *t);
+
 /* The last token issued or known (0 if none). */
 uint64_t token_issuer_last(const TokenIssuer *t);
