@@ -22,6 +22,10 @@ set -euo pipefail
 #   util-linux                         setpriv (calls as another UID)
 #   python3                            parsing meson's testlog.json, tests/systemd
 #   python3-dbusmock                   the polkitd mock of tests/polkit
+#   clang libclang-rt-14-dev           the libFuzzer targets of tests/fuzz
+#   valgrind                           the torture test under memcheck
+#                                      (run-fuzzers.sh; CI's fuzz pass); gcc
+#                                      brings ASan/UBSan for the sanitizer pass
 packages=(
         meson
         ninja-build
@@ -37,6 +41,9 @@ packages=(
         util-linux
         python3
         python3-dbusmock
+        clang
+        libclang-rt-14-dev
+        valgrind
 )
 
 check_only=false
@@ -94,7 +101,7 @@ if ! apt-get "${apt_opts[@]}" install "${missing[@]}" >"$log" 2>&1; then
 fi
 
 # Trust, but verify: the tools the scripts call must now be there.
-for tool in meson ninja gcc pkg-config dbus-daemon busctl gdbus scdoc setpriv flock python3; do
+for tool in meson ninja gcc clang pkg-config dbus-daemon busctl gdbus scdoc setpriv flock python3; do
         if ! command -v "$tool" >/dev/null; then
                 echo "install-deps.sh: '$tool' still missing after installing ${missing[*]}" >&2
                 exit 1

@@ -453,6 +453,12 @@ static void test_cli_run_environment(TestFixture *f, gconstpointer data) {
         g_assert_cmpstr(h->comm, ==, "lockbusctl");
         g_assert_cmpuint(h->token, ==, g_ascii_strtoull(token, NULL, 10));
 
+        /* Once cat echoes a line it runs (its loader and locale files are
+         * closed again): only then are its fds the command's own. */
+        g_assert_cmpint(write(p->in_fd, "ready\n", 6), ==, 6);
+        g_autofree char *echo = cli_process_read_line(p);
+        g_assert_cmpstr(echo, ==, "ready");
+
         /* lockbusctl got fd 7 from us; the command gets 0, 1 and 2 only. */
         fd7 = g_strdup_printf("/proc/%d/fd/7", (int) p->pid);
         g_assert_true(g_file_test(fd7, G_FILE_TEST_EXISTS));

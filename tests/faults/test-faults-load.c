@@ -43,10 +43,23 @@
  * this. */
 #define CALLS_PER_CONNECTION 100U
 
+/* Under ASan/UBSan (scripts/test.sh sets LOCKBUS_SANITIZE) memory is the
+ * sanitizer's: quarantined frees and shadow pages say nothing about leaks,
+ * which LeakSanitizer checks there instead. The behaviour is still tested. */
+static bool memory_is_judged(void) {
+        if (getenv("LOCKBUS_SANITIZE")) {
+                g_test_message("memory not judged under sanitizers");
+                return false;
+        }
+        return true;
+}
+
 /* rss: RssAnon after each of n_warmup + n_measured runs (see above). */
 static void assert_memory_flat(const uint64_t *rss, unsigned n_warmup, unsigned n_measured, const char *what) {
         uint64_t min_step = UINT64_MAX, total;
 
+        if (!memory_is_judged())
+                return;
         g_assert_cmpuint(n_warmup, >, 0);
         for (unsigned i = n_warmup; i < n_warmup + n_measured; i++)
                 min_step = MIN(min_step, rss[i] > rss[i - 1] ? rss[i] - rss[i - 1] : 0);
@@ -563,14 +576,16 @@ static void never_reads(FaultsFixture *f, unsigned n_readers) {
         rss_during = faults_proc_status_kib(pid, "RssAnon");
         g_test_message("lockbusd RssAnon: %" PRIu64 " kB before, %" PRIu64 " kB with %u x %u replies of "
                        "~220 KiB unread", rss_before, rss_during, n_readers, CALLS_PER_CONNECTION);
-        g_assert_cmpuint(rss_during, <, rss_before + 8 * 1024);
+        if (memory_is_judged())
+                g_assert_cmpuint(rss_during, <, rss_before + 8 * 1024);
 
         /* They go away; nothing of them stays. */
         for (unsigned i = 0; i < n_readers; i++)
                 test_client_kill(readers->pdata[i]);
         g_assert_cmpuint(test_get_property_u(f->client, "WaiterCount"), ==, 0);
         rss_after = faults_proc_status_kib(pid, "RssAnon");
-        g_assert_cmpuint(rss_after, <, rss_before + 8 * 1024);
+        if (memory_is_judged())
+                g_assert_cmpuint(rss_after, <, rss_before + 8 * 1024);
         g_assert_cmpint(test_bus_daemon_pid(f->bus), ==, pid);
 }
 
@@ -677,7 +692,7 @@ static void test_never_reads_direct(FaultsFixture *f, gconstpointer data) {
         rss_during = faults_proc_status_kib(pid, "RssAnon");
         g_test_message("lockbusd RssAnon: %" PRIu64 " kB before, %" PRIu64 " kB with %u replies of ~220 KiB "
                        "unread on its direct socket", rss_before, rss_during, 4 * CALLS_PER_CONNECTION);
-        if (rss_during >= rss_before + 16 * 1024)
+        if (memory_is_judged() && rss_during >= rss_before + 16 * 1024)
                 g_error("lockbusd keeps the replies for a direct peer that does not read them: RssAnon "
                         "%" PRIu64 " kB -> %" PRIu64 " kB", rss_before, rss_during);
 
