@@ -791,9 +791,12 @@ static void test_unreadable_hold(FaultsFixture *f, gconstpointer data) {
         uint64_t t_o;
         int status = 0;
 
+        g_autofree char *setpriv = NULL;
+
         if (test_skip_unless_root())
                 return;
-        if (!g_find_program_in_path("setpriv")) {
+        setpriv = g_find_program_in_path("setpriv");
+        if (!setpriv) {
                 g_test_skip("setpriv (util-linux) not found");
                 return;
         }
