@@ -8,13 +8,13 @@
 typedef struct PeerEntry {
         Peer peer;
         bool has_creds;
-        sd_bus_track *track;    /* bus peers */
         sd_bus *connection;     /* direct peers */
         PeerRegistry *registry;
 } PeerEntry;
 
 struct PeerRegistry {
         sd_bus *bus;
+        sd_bus_slot *disconnects;       /* NameOwnerChanged(name, old, "") of every peer */
         GHashTable *peers;      /* name → PeerEntry* (owned) */
         GHashTable *direct;     /* sd_bus* → PeerEntry* (borrowed from peers) */
         uint64_t n_direct;      /* for the next direct peer's name */
@@ -26,15 +26,36 @@ struct PeerRegistry {
 static void peer_entry_free(PeerEntry *e) {
         if (!e)
                 return;
-        sd_bus_track_unref(e->track);
         sd_bus_unref(e->connection);
         g_free(e->peer.name);
         g_free(e->peer.comm);
         g_free(e);
 }
 
+static int on_name_owner_changed(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        PeerRegistry *r = userdata;
+        const char *name, *old_owner, *new_owner;
+        g_autofree char *gone = NULL;
+        PeerEntry *e;
+
+        if (sd_bus_message_read(message, "sss", &name, &old_owner, &new_owner) < 0 || new_owner[0] != '\0')
+                return 0;
+
+        e = g_hash_table_lookup(r->peers, name);
+        if (!e || e->peer.direct)
+                return 0;
+
+        /* Forget it first: the handler may look peers up again. */
+        gone = g_strdup(name);
+        g_hash_table_remove(r->peers, gone);
+        if (r->on_gone)
+                r->on_gone(gone, r->userdata);
+        return 0;
+}
+
 int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, PeerRegistry **ret) {
         PeerRegistry *r = g_new0(PeerRegistry, 1);
+        int k;
 
         r->bus = sd_bus_ref(bus);
         r->peers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify) peer_entry_free);
@@ -44,6 +65,21 @@ int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, Peer
         g_snprintf(r->instance, sizeof(r->instance), "%08x", g_random_int());
         r->on_gone = on_gone;
         r->userdata = userdata;
+
+        /* One match for the departure of every peer, installed (and
+         * confirmed by the broker) before anyone is asked about: a peer
+         * found alive later cannot leave unnoticed. One per peer would
+         * cost two round trips for each new caller and run into the
+         * broker's limit of match rules per connection. */
+        k = sd_bus_add_match(bus, &r->disconnects,
+                             "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                             "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg2=''",
+                             on_name_owner_changed, r);
+        if (k < 0) {
+                peer_registry_free(r);
+                return k;
+        }
+
         *ret = r;
         return 0;
 }
@@ -51,6 +87,7 @@ int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, Peer
 PeerRegistry *peer_registry_free(PeerRegistry *r) {
         if (!r)
                 return NULL;
+        sd_bus_slot_unref(r->disconnects);
         g_hash_table_destroy(r->direct);
         g_hash_table_destroy(r->peers);
         sd_bus_unref(r->bus);
@@ -58,43 +95,14 @@ PeerRegistry *peer_registry_free(PeerRegistry *r) {
         return NULL;
 }
 
-static int on_peer_track_empty(sd_bus_track *track, void *userdata) {
-        PeerEntry *e = userdata;
-        PeerRegistry *r = e->registry;
-        g_autofree char *name = g_strdup(e->peer.name);
+static PeerEntry *peer_entry_new(PeerRegistry *r, const char *name) {
+        PeerEntry *e = g_new0(PeerEntry, 1);
 
-        /* Forget it first: the handler may look peers up again. sd-bus holds
-         * its own reference on the track while this runs. */
-        g_hash_table_remove(r->peers, name);
-        if (r->on_gone)
-                r->on_gone(name, r->userdata);
-        return 0;
-}
-
-/* Starts watching a name before anything is asked about it. sd-bus installs
- * the match, then checks that the name has an owner (a synchronous round
- * trip, once per peer) and fails with -ENXIO if not: a peer found alive
- * after its match is in place cannot leave unnoticed. */
-static int peer_entry_new(PeerRegistry *r, const char *name, PeerEntry **ret) {
-        PeerEntry *e;
-        int k;
-
-        e = g_new0(PeerEntry, 1);
         e->registry = r;
         e->peer.name = g_strdup(name);
         e->peer.comm = g_strdup("");
-
-        k = sd_bus_track_new(r->bus, &e->track, on_peer_track_empty, e);
-        if (k >= 0)
-                k = sd_bus_track_add_name(e->track, name);
-        if (k < 0) {
-                peer_entry_free(e);
-                return k;
-        }
-
         g_hash_table_insert(r->peers, e->peer.name, e);
-        *ret = e;
-        return 0;
+        return e;
 }
 
 static void peer_entry_drop(PeerRegistry *r, PeerEntry *e) {
@@ -163,12 +171,12 @@ int peer_registry_get_sender(PeerRegistry *r, sd_bus_message *m, const Peer **re
                 return 0;
         }
 
-        if (!e) {
-                k = peer_entry_new(r, sender, &e);
-                if (k < 0)
-                        return k;
-        }
+        if (!e)
+                e = peer_entry_new(r, sender);
 
+        /* A synchronous round trip, once per peer. It fails if the peer is
+         * gone already; if it answers, the peer's departure is still to
+         * come and will be seen. */
         k = peer_entry_query_creds(e, m);
         if (k < 0) {
                 peer_entry_drop(r, e);
@@ -186,11 +194,13 @@ int peer_registry_watch(PeerRegistry *r, const char *name) {
         if (g_hash_table_contains(r->peers, name))
                 return 1;
 
-        k = peer_entry_new(r, name, &e);
-        if (IN_SET(k, -ENXIO, -ESRCH))
-                return 0; /* the name has no owner any more */
-        if (k < 0)
-                return k;
+        /* A synchronous round trip, only at start for reloaded holds. */
+        e = peer_entry_new(r, name);
+        k = sd_bus_get_name_creds(r->bus, name, 0, NULL);
+        if (k < 0) {
+                peer_entry_drop(r, e);
+                return IN_SET(k, -ENXIO, -ESRCH) ? 0 : k; /* no owner any more */
+        }
         return 1;
 }
 

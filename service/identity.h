@@ -6,9 +6,10 @@
  * On dbus-daemon a credentials query is a synchronous round trip to the
  * broker. Unique names are never reused on a bus, so the answer is cached per
  * name and dropped when the name leaves the bus: a known caller costs no
- * round trip. One sd_bus_track per peer watches it; when the peer goes, the
- * registry calls the gone-handler (the manager releases that peer's
- * connection holds) and forgets the peer.
+ * round trip. One match on NameOwnerChanged watches every peer's
+ * departure; when a peer goes, the registry calls the gone-handler (the
+ * manager releases that peer's connection holds and waiters) and forgets
+ * the peer.
  *
  * uid and pid come from the broker (kernel-checked SO_PEERCRED), never from
  * /proc; comm is read from /proc and is for display only. */
