@@ -1,0 +1,557 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Turns the harness's JSON lines of one bench/run.sh run into its results:
+OUT.json (everything, with the raw lines), OUT.md (the tables) and OUT.png
+(throughput against client count, drawn by gnuplot).
+
+Closed-loop figures are medians over the repetitions; a ratio is taken
+within each repetition (e.g. a cycle against the Ping of the same
+repetition and client count), then the median of those is reported, so
+that a slow phase of a noisy machine hits both sides of a ratio.
+
+    report.py --meta=META.json --raw=RAW.jsonl --out=bench/results/DATE
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+LABELS = {
+    "ping": "Ping through the bus (floor; 1 call)",
+    "conn-excl": "lockbus cycle, scope connection, exclusive",
+    "conn-shared": "lockbus cycle, scope connection, shared",
+    "conn-shared-same": "lockbus cycle, scope connection, shared, one resource",
+    "pers-excl": "lockbus cycle, scope persistent, exclusive",
+    "pers-shared": "lockbus cycle, scope persistent, shared",
+    "pers-shared-same": "lockbus cycle, scope persistent, shared, one resource",
+    "contended": "lockbus cycle, one resource, waiting (queue)",
+    "ping-direct": "Ping on the direct socket (floor of the direct path)",
+    "conn-excl-direct": "lockbus cycle, scope connection, direct socket",
+    "pers-excl-direct": "lockbus cycle, scope persistent, direct socket",
+    "flock": "flock(2) LOCK_EX + LOCK_UN",
+    "redis": "Redis SET NX PX + DEL (Unix socket)",
+    "postgres": "PostgreSQL pg_advisory_lock + unlock (Unix socket)",
+    "etcd": "etcd lease grant + txn + delete (HTTP gateway)",
+}
+LOCKBUS_ORDER = ["ping", "conn-excl", "conn-shared", "conn-shared-same", "pers-excl", "pers-shared",
+                 "pers-shared-same", "contended", "ping-direct", "conn-excl-direct", "pers-excl-direct"]
+PEER_ORDER = ["flock", "redis", "postgres", "etcd"]
+# The floor each lockbus case is compared with.
+FLOOR_OF = {c: ("ping-direct" if c.endswith("-direct") else "ping") for c in LOCKBUS_ORDER}
+
+
+def median(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=0, unit=""):
+    if v is None:
+        return "–"
+    if digits == 0:
+        return f"{v:,.0f}{unit}".replace(",", " ")
+    return f"{v:.{digits}f}{unit}"
+
+
+def fmt_us(v):
+    """A latency in µs: one decimal below 10 µs."""
+    if v is None:
+        return "–"
+    return f"{v:.1f} µs" if v < 10 else fmt(v, 0, " µs")
+
+
+def fmt_ratio(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
+def load(path):
+    lines = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                print(f"report.py: {path}:{n}: not JSON ({e}), skipped", file=sys.stderr)
+    return lines
+
+
+def closed_loop(raw):
+    """(case, clients) → list of per-repetition records."""
+    groups = {}
+    for r in raw:
+        if "clients" in r and r.get("case") in LABELS and "pair" not in r:
+            groups.setdefault((r["case"], r["clients"]), []).append(r)
+    return groups
+
+
+def by_rep(records):
+    return {r.get("rep"): r for r in records if "error" not in r and r.get("ops", 0) > 0}
+
+
+def summarize(groups):
+    rows = []
+    for (case, clients), records in groups.items():
+        ok = by_rep(records)
+        row = {
+            "case": case,
+            "description": LABELS[case],
+            "clients": clients,
+            "reps": len(ok),
+            "ops_per_sec": median([r["ops_per_sec"] for r in ok.values()]),
+            "ops_per_sec_reps": [round(r["ops_per_sec"], 1) for r in sorted(ok.values(), key=lambda r: r["rep"])],
+            "lat_p50_us": median([r.get("lat_p50_us") for r in ok.values()]),
+            "lat_p99_us": median([r.get("lat_p99_us") for r in ok.values()]),
+            "lockbusd_cpu_us_per_op": median([r.get("lockbusd_cpu_us_per_op") for r in ok.values()]),
+            "dbus_daemon_cpu_us_per_op": median([r.get("dbus_daemon_cpu_us_per_op") for r in ok.values()]),
+            "fairness_max_min": median([r.get("fairness_max_min") for r in ok.values()]),
+            "errors": [r["error"] for r in records if "error" in r],
+        }
+        floor = FLOOR_OF.get(case)
+        if floor and floor != case and (floor, clients) in groups:
+            floor_reps = by_rep(groups[(floor, clients)])
+            ratios = [ok[k]["ops_per_sec"] / (floor_reps[k]["ops_per_sec"] / 2)
+                      for k in ok if k in floor_reps and floor_reps[k]["ops_per_sec"] > 0]
+            row["ratio_to_floor"] = median(ratios)
+            row["floor"] = floor
+        elif case in PEER_ORDER and ("ping", clients) in groups:
+            floor_reps = by_rep(groups[("ping", clients)])
+            ratios = [ok[k]["ops_per_sec"] / (floor_reps[k]["ops_per_sec"] / 2)
+                      for k in ok if k in floor_reps and floor_reps[k]["ops_per_sec"] > 0]
+            row["ratio_to_floor"] = median(ratios)
+            row["floor"] = "ping"
+        rows.append(row)
+    order = {c: i for i, c in enumerate(LOCKBUS_ORDER + PEER_ORDER)}
+    rows.sort(key=lambda r: (order.get(r["case"], 99), r["clients"]))
+    return rows
+
+
+def paired(raw):
+    """Interleaved runs: (case, pair, clients) → medians and the ratio,
+    taken per repetition. Against a Ping the ratio is to Ping ÷ 2 (a cycle
+    is two calls)."""
+    groups = {}
+    for r in raw:
+        if "pair" in r and "error" not in r and r.get("ops", 0) > 0 and r.get("pair_ops", 0) > 0:
+            groups.setdefault((r["case"], r["pair"], r["clients"]), []).append(r)
+    rows = []
+    for (case, pair, clients), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        halve = pair.startswith("ping")
+        ratios = [r["ops_per_sec"] / (r["pair_ops_per_sec"] / (2 if halve else 1)) for r in recs]
+        rows.append({
+            "case": case, "pair": pair, "clients": clients, "reps": len(recs),
+            "ops_per_sec": median([r["ops_per_sec"] for r in recs]),
+            "pair_ops_per_sec": median([r["pair_ops_per_sec"] for r in recs]),
+            "lat_p50_us": median([r["lat_p50_us"] for r in recs]),
+            "pair_lat_p50_us": median([r["pair_lat_p50_us"] for r in recs]),
+            "ratio": median(ratios),
+            "ratio_reps": [round(x, 3) for x in ratios],
+            "ratio_is_to_half": halve,
+        })
+    return rows
+
+
+def find_pair(prows, case, pair, clients):
+    for r in prows:
+        if r["case"] == case and r["pair"] == pair and r["clients"] == clients:
+            return r
+    return None
+
+
+def find(rows, case, clients):
+    for r in rows:
+        if r["case"] == case and r["clients"] == clients:
+            return r
+    return None
+
+
+def rep_ratio(groups, num, den, clients, den_clients=None, den_half=False):
+    """Median over repetitions of num/den (den halved for a floor)."""
+    a = by_rep(groups.get((num, clients), []))
+    b = by_rep(groups.get((den, den_clients or clients), []))
+    ratios = []
+    for k in a:
+        if k in b and b[k]["ops_per_sec"] > 0:
+            ratios.append(a[k]["ops_per_sec"] / (b[k]["ops_per_sec"] / (2 if den_half else 1)))
+    return median(ratios)
+
+
+def scenario(raw, case):
+    return [r for r in raw if r.get("case") == case]
+
+
+def scenario_medians(records, keys):
+    ok = [r for r in records if "error" not in r]
+    return {k: median([r.get(k) for r in ok]) for k in keys} | {
+        "reps": len(ok), "errors": [r["error"] for r in records if "error" in r]}
+
+
+def targets_table(rows, groups, prows, raw, handoff, scale, cold, cli):
+    t = []
+
+    def add(name, measured, holds, detail=""):
+        t.append({"target": name, "measured": measured, "holds": holds, "detail": detail})
+
+    # Ratios from the interleaved runs where there are some, else from the
+    # separate runs of the same repetition.
+    for c in (1, 8):
+        p = find_pair(prows, "conn-excl", "ping", c)
+        ratio = p["ratio"] if p else rep_ratio(groups, "conn-excl", "ping", c, den_half=True)
+        how = (f"{p['ops_per_sec']:.0f} cycles/s vs {p['pair_ops_per_sec']:.0f} Pings/s, interleaved"
+               if p else "separate runs")
+        add(f"connection cycle ≥ 0.9 × (Ping rate ÷ 2), {c} client{'s' if c > 1 else ''}",
+            None if ratio is None else f"{ratio:.2f} × ({how})", None if ratio is None else ratio >= 0.9)
+    p = find_pair(prows, "pers-excl", "conn-excl", 8)
+    ratio = p["ratio"] if p else rep_ratio(groups, "pers-excl", "conn-excl", 8)
+    how = f"{p['ops_per_sec']:.0f} vs {p['pair_ops_per_sec']:.0f} cycles/s, interleaved" if p else "separate runs"
+    add("persistent cycle ≥ 0.5 × connection cycle, 8 clients",
+        None if ratio is None else f"{ratio:.2f} × ({how})", None if ratio is None else ratio >= 0.5)
+    # The handoff against the Ping its waiter makes at the same moments.
+    ping1 = find(rows, "ping", 1)
+    if handoff.get("handoff_p50_us") is not None and handoff.get("ping_p50_us"):
+        ratio = handoff.get("ratio_to_ping") or handoff["handoff_p50_us"] / handoff["ping_p50_us"]
+        add("handoff p50 ≤ 1.5 × one bus round trip (Ping p50)",
+            f"{handoff['handoff_p50_us']:.0f} µs = {ratio:.2f} × {handoff['ping_p50_us']:.0f} µs", ratio <= 1.5)
+    elif handoff.get("handoff_p50_us") is not None and ping1 and ping1["lat_p50_us"]:
+        ratio = handoff["handoff_p50_us"] / ping1["lat_p50_us"]
+        add("handoff p50 ≤ 1.5 × one bus round trip (Ping p50)",
+            f"{handoff['handoff_p50_us']:.0f} µs = {ratio:.2f} × {ping1['lat_p50_us']:.0f} µs", ratio <= 1.5)
+    else:
+        add("handoff p50 ≤ 1.5 × one bus round trip (Ping p50)", None, None)
+    n = scale.get("holds")
+    label = f"{n:,}".replace(",", " ") if n else "N"
+    per = scale.get("rss_per_hold_bytes")
+    add(f"{label} held locks: ≤ 1 KiB RSS per lock", None if per is None else f"{per:.0f} B",
+        None if per is None else per <= 1024)
+    rec = scale.get("recovery_ms")
+    ok_rows = scale.get("recovered_rows") is not None and n is not None and scale.get("recovered_rows", 0) >= n
+    add(f"{label} held locks: recovery ≤ 2 s (kill -9 → ListLocks answers)",
+        None if rec is None else f"{rec / 1000:.2f} s ({scale.get('recovered_rows', 0):,} holds back)".replace(",", " "),
+        None if rec is None else (rec <= 2000 and ok_rows))
+    a0, a1 = scale.get("acquire_empty_p50_us"), scale.get("acquire_full_p50_us")
+    p0, p1 = scale.get("ping_empty_p50_us"), scale.get("ping_full_p50_us")
+    if a0 and a1 and p0 and p1:
+        # Against the Ping taken between the same calls: the machine's load
+        # may change between the two probes; the daemon's share is what counts.
+        r0, r1 = a0 / p0, a1 / p1
+        add(f"{label} held locks: Acquire latency within 10 % of empty (p50, ÷ Ping p50 at the time)",
+            f"{a1:.0f} µs vs {a0:.0f} µs; ÷ Ping: {r1:.2f} vs {r0:.2f} ({(r1 / r0 - 1) * 100:+.0f} %)",
+            r1 <= 1.10 * r0)
+    elif a0 and a1:
+        add(f"{label} held locks: Acquire latency within 10 % of empty (p50)",
+            f"{a1:.0f} µs vs {a0:.0f} µs ({(a1 / a0 - 1) * 100:+.0f} %)", a1 <= 1.10 * a0)
+    else:
+        add(f"{label} held locks: Acquire latency within 10 % of empty (p50)", None, None)
+    c50 = cold.get("cold_p50_us")
+    add("cold activation ≤ 20 ms (median)", None if c50 is None else f"{c50 / 1000:.1f} ms",
+        None if c50 is None else c50 <= 20000)
+    lb, bc = cli.get("lockbusctl"), cli.get("busctl")
+    if lb and bc:
+        ratio = lb["median_ms"] / bc["median_ms"]
+        add("lockbusctl lock+unlock ≤ 1.2 × two busctl calls",
+            f"{lb['median_ms']:.1f} ms vs {bc['median_ms']:.1f} ms = {ratio:.2f} ×", ratio <= 1.2)
+    else:
+        add("lockbusctl lock+unlock ≤ 1.2 × two busctl calls", None, None)
+    return t
+
+
+def write_plot(rows, meta, out):
+    gnuplot = shutil.which("gnuplot")
+    if not gnuplot:
+        print("report.py: gnuplot not found, no plot", file=sys.stderr)
+        return None
+    series = [
+        ("ping", "Ping ÷ 2 (bus floor)", 0.5, "dt 2 lw 2 lc rgb '#888888' pt 6"),
+        ("conn-excl", "lockbus, connection scope", 1, "lw 3 lc rgb '#1f77b4' pt 7"),
+        ("pers-excl", "lockbus, persistent scope", 1, "lw 3 lc rgb '#2ca02c' pt 5"),
+        ("ping-direct", "Ping ÷ 2 (direct floor)", 0.5, "dt 2 lw 2 lc rgb '#9ecae1' pt 6"),
+        ("conn-excl-direct", "lockbus direct, connection", 1, "lw 2 lc rgb '#6baed6' pt 7"),
+        ("pers-excl-direct", "lockbus direct, persistent", 1, "lw 2 lc rgb '#74c476' pt 5"),
+        ("redis", "Redis SET NX PX + DEL", 1, "lw 2 lc rgb '#d62728' pt 9"),
+        ("postgres", "PostgreSQL advisory lock", 1, "lw 2 lc rgb '#9467bd' pt 11"),
+        ("etcd", "etcd lease + txn + delete", 1, "lw 2 lc rgb '#8c564b' pt 13"),
+        ("flock", "flock(2)", 1, "lw 2 lc rgb '#ff7f0e' pt 3"),
+    ]
+    clients = sorted({r["clients"] for r in rows})
+    present = [s for s in series if any(find(rows, s[0], c) and find(rows, s[0], c)["ops_per_sec"] for c in clients)]
+    if not present:
+        return None
+    dat = out + ".plot.dat"
+    with open(dat, "w") as f:
+        f.write("# clients " + " ".join(s[0] for s in present) + "\n")
+        for c in clients:
+            vals = []
+            for case, _, scale, _ in present:
+                r = find(rows, case, c)
+                vals.append(f"{r['ops_per_sec'] * scale:.1f}" if r and r["ops_per_sec"] else "NaN")
+            f.write(f"{c} " + " ".join(vals) + "\n")
+    title = (f"lockbus vs floor vs peers — {meta.get('date', '')[:10]}, commit {meta.get('git_commit', '?')}"
+             f"{' (dirty)' if meta.get('git_dirty') else ''}, {meta.get('nproc', '?')} vCPU, "
+             f"median of {meta.get('reps', '?')} × {meta.get('duration_s', '?')} s")
+    plots = []
+    for i, (case, label, _, style) in enumerate(present):
+        plots.append(f"'{dat}' using 1:{i + 2} with linespoints title '{label}' {style} ps 1.3")
+    script = f"""
+set terminal pngcairo size 1100,680 enhanced font 'DejaVu Sans,11'
+set output '{out}.png'
+set title "{title}" font ',12'
+set xlabel 'client processes (closed loop)'
+set ylabel 'lock+unlock cycles per second (log scale)'
+set logscale x 2
+set logscale y 10
+set xtics ({', '.join(str(c) for c in clients)})
+set xrange [{clients[0] * 0.8}:{clients[-1] * 1.25}]
+set format y '10^{{%L}}'
+set grid xtics ytics mytics lc rgb '#dddddd'
+set key outside right center box opaque Left reverse font ',10' spacing 1.2
+set datafile missing 'NaN'
+plot {', '.join(plots)}
+"""
+    subprocess.run([gnuplot], input=script, text=True, check=True)
+    os.unlink(dat)
+    return out + ".png"
+
+
+def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png):
+    md = []
+    w = md.append
+    w(f"# lockbus benchmark, {meta.get('date', '')}")
+    w("")
+    w(f"Mode {meta.get('mode')}: each closed-loop case {meta.get('warmup_s')} s warm-up + "
+      f"{meta.get('duration_s')} s measured, {meta.get('reps')} repetitions, medians. "
+      f"Commit {meta.get('git_commit')}{' with uncommitted changes to the daemon or library' if meta.get('git_dirty') else ''}, "
+      f"release build. {meta.get('nproc')} vCPU ({meta.get('cpu')}), {meta.get('mem_gib')} GiB, "
+      f"kernel {meta.get('kernel')}. Processes not pinned (no taskset); the machine is shared "
+      f"(load average {meta.get('loadavg_start', '?')} at the start, {meta.get('loadavg_end', '?')} at the end, "
+      f"on {meta.get('nproc')} vCPUs): compare within this run, by ratios.")
+    w("")
+    w(f"Bus: {meta.get('bus')}; dbus-broker {meta.get('dbus_broker')}. lockbusd started directly "
+      f"(`--idle-timeout=0`), lock directory on {meta.get('lock_directory_fs')} (disk), runtime directory on "
+      f"{meta.get('runtime_directory_fs')}. lockbus clients: {meta.get('clients_as')}. "
+      f"Peers: Redis {meta['peers'].get('redis')}, PostgreSQL {meta['peers'].get('postgresql')}, "
+      f"etcd {meta['peers'].get('etcd')}, each on loopback or a Unix socket with its data in a temporary directory.")
+    w("")
+    if png:
+        w(f"![throughput against client count]({os.path.basename(png)})")
+        w("")
+
+    clients = sorted({r["clients"] for r in rows})
+    w("## lockbus vs floor vs peers")
+    w("")
+    w("One operation = one lock + unlock cycle (two round trips); the floor is the Ping rate ÷ 2 "
+      "(a cycle is two calls). ops/s at each client count; latency of one cycle at 1 client.")
+    w("")
+    head = "| | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients) + " | p50 @1 | p99 @1 |"
+    w(head)
+    w("|" + " --- |" * (len(clients) + 3))
+    main = [("ping", "Ping ÷ 2 — the bus floor", 0.5), ("conn-excl", "lockbus, scope connection", 1),
+            ("pers-excl", "lockbus, scope persistent (durable)", 1),
+            ("ping-direct", "Ping ÷ 2 — the direct-socket floor", 0.5),
+            ("conn-excl-direct", "lockbus direct socket, scope connection", 1),
+            ("pers-excl-direct", "lockbus direct socket, scope persistent", 1),
+            ("flock", "flock(2) on an open fd", 1), ("redis", "Redis SET NX PX + DEL", 1),
+            ("postgres", "PostgreSQL advisory lock + unlock", 1), ("etcd", "etcd lease + txn + delete (durable)", 1)]
+    for case, label, scale_f in main:
+        if not any(find(rows, case, c) for c in clients):
+            continue
+        cells = []
+        for c in clients:
+            r = find(rows, case, c)
+            cells.append(fmt(r["ops_per_sec"] * scale_f if r and r["ops_per_sec"] else None))
+        r1 = find(rows, case, 1)
+        p50 = r1["lat_p50_us"] * (2 if scale_f == 0.5 else 1) if r1 and r1["lat_p50_us"] else None
+        p99 = r1["lat_p99_us"] * (2 if scale_f == 0.5 else 1) if r1 and r1["lat_p99_us"] else None
+        w(f"| {label} | " + " | ".join(cells) + f" | {fmt_us(p50)} | {fmt_us(p99)} |")
+    w("")
+    w("(For the floors, ops/s are Ping calls ÷ 2 and latency two Pings, i.e. what a cycle would cost "
+      "if lockbusd did nothing.)")
+    w("")
+
+    w("## Every closed-loop case")
+    w("")
+    w("| case | clients | ops/s | p50 | p99 | × floor | lockbusd CPU/op | dbus-daemon CPU/op | fairness max/min | reps |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        err = f" ⚠ {r['errors'][0]}" if r["errors"] else ""
+        w(f"| {r['case']}{err} | {r['clients']} | {fmt(r['ops_per_sec'])} | {fmt_us(r['lat_p50_us'])} | "
+          f"{fmt_us(r['lat_p99_us'])} | {fmt_ratio(r.get('ratio_to_floor'))} | "
+          f"{fmt(r['lockbusd_cpu_us_per_op'], 1, ' µs') if r['case'] not in PEER_ORDER else '–'} | "
+          f"{fmt(r['dbus_daemon_cpu_us_per_op'], 1, ' µs') if r['case'] not in PEER_ORDER else '–'} | "
+          f"{fmt_ratio(r['fairness_max_min'])} | {r['reps']} |")
+    w("")
+    w("× floor: ops/s ÷ (Ping ops/s ÷ 2) at the same client count, per repetition, median (the direct "
+      "cases against the direct Ping; the peers against the bus Ping). CPU/op: CPU time of the daemon "
+      "(all threads) during the measured window ÷ operations. fairness: most ÷ fewest operations "
+      "of one client.")
+    w("")
+
+    if prows:
+        w("## Ratios, interleaved")
+        w("")
+        w("The same client processes run both cases, switching every 100 ms (all clients at once), so that a "
+          "busy moment of the machine hits both; each case gets half of the window. Against a Ping the ratio "
+          "is to the Ping rate ÷ 2. Median of the per-repetition ratios.")
+        w("")
+        w("| case | against | clients | ops/s | its ops/s | ratio | p50 | its p50 | ratio per repetition |")
+        w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for p in prows:
+            w(f"| {p['case']} | {p['pair']}{' ÷ 2' if p['ratio_is_to_half'] else ''} | {p['clients']} | "
+              f"{fmt(p['ops_per_sec'])} | {fmt(p['pair_ops_per_sec'])} | {fmt_ratio(p['ratio'])} | "
+              f"{fmt_us(p['lat_p50_us'])} | {fmt_us(p['pair_lat_p50_us'])} | "
+              f"{', '.join(f'{x:.2f}' for x in p['ratio_reps'])} |")
+        w("")
+
+    w("## Handoff, contention, scale, start, CLI")
+    w("")
+    w("| figure | value |")
+    w("| --- | --- |")
+    for name, h in handoffs.items():
+        if h.get("handoff_p50_us") is not None:
+            ping = (f"; A's Ping at the same moments: {fmt_us(h['ping_p50_us'])}, "
+                    f"handoff ÷ Ping {fmt_ratio(h.get('ratio_to_ping'))}") if h.get("ping_p50_us") else ""
+            w(f"| {name}: Unlock by A → grant to waiting B (p50 / p99, {h.get('reps')} × "
+              f"{h.get('iterations') or '?'} handoffs) | {fmt_us(h['handoff_p50_us'])} / "
+              f"{fmt_us(h['handoff_p99_us'])} (A's Unlock reply: {fmt_us(h['unlock_p50_us'])}{ping}) |")
+    for r in contended:
+        w(f"| contended: {r['clients']} clients on one resource, waiting | {fmt(r['ops_per_sec'])} cycles/s, "
+          f"p50 {fmt_us(r['lat_p50_us'])}, p99 {fmt_us(r['lat_p99_us'])}, "
+          f"fairness max/min {fmt_ratio(r['fairness_max_min'])} |")
+    if scale:
+        n = scale.get("holds")
+        w(f"| {n:,} connection holds from {scale.get('connections')} connections: fill | "
+          f"{fmt(scale.get('fill_s'), 2, ' s')} ({fmt(scale.get('fill_per_sec'))} grants/s, pipelined) |".replace(",", " ", 1))
+        w(f"| daemon RSS empty → full (per hold) | {fmt(scale.get('rss_empty_kib'))} KiB → "
+          f"{fmt(scale.get('rss_full_kib'))} KiB ({fmt(scale.get('rss_per_hold_bytes'))} B per hold) |")
+        w(f"| Acquire p50 / p99, empty → full | {fmt_us(scale.get('acquire_empty_p50_us'))} / "
+          f"{fmt_us(scale.get('acquire_empty_p99_us'))} → {fmt_us(scale.get('acquire_full_p50_us'))} / "
+          f"{fmt_us(scale.get('acquire_full_p99_us'))} |")
+        if scale.get("ping_empty_p50_us"):
+            w(f"| Ping p50 between those calls, empty → full (the machine's speed then) | "
+              f"{fmt_us(scale.get('ping_empty_p50_us'))} → {fmt_us(scale.get('ping_full_p50_us'))} |")
+        w(f"| Owner p50 / p99, empty → full | {fmt_us(scale.get('owner_empty_p50_us'))} / "
+          f"{fmt_us(scale.get('owner_empty_p99_us'))} → {fmt_us(scale.get('owner_full_p50_us'))} / "
+          f"{fmt_us(scale.get('owner_full_p99_us'))} |")
+        w(f"| ListLocks of every hold | {fmt(scale.get('list_ms'), 0, ' ms')} ({fmt(scale.get('list_rows'))} rows) |")
+        w(f"| kill -9, then activation until ListLocks answers | {fmt(scale.get('recovery_ms'), 0, ' ms')} "
+          f"({fmt(scale.get('recovered_rows'))} holds back; RSS then {fmt(scale.get('rss_recovered_kib'))} KiB) |")
+        w(f"| Acquire p50 after recovery | {fmt_us(scale.get('acquire_recovered_p50_us'))} |")
+        w(f"| holders disconnect → every hold released | {fmt(scale.get('release_ms'), 0, ' ms')} |")
+        if scale.get("errors"):
+            w(f"| scale-holds error | {scale['errors'][0]} |")
+    if waiters:
+        w(f"| {waiters.get('waiters'):,} waiters on one resource (own bus, raised limits): connect | "
+          f"{fmt(waiters.get('connect_s'), 2, ' s')} |".replace(",", " ", 1))
+        w(f"| … time to queue them all (WaiterCount reached) | {fmt(waiters.get('queue_s'), 2, ' s')} "
+          f"({fmt(waiters.get('queue_per_sec'))}/s) |")
+        w(f"| … time to drain (each unlocks when granted) | {fmt(waiters.get('drain_s'), 2, ' s')} "
+          f"({fmt(waiters.get('drain_per_sec'))} handoffs/s) |")
+        if waiters.get("errors"):
+            w(f"| scale-waiters error | {waiters['errors'][0]} |")
+    if peers:
+        if peers.get("failed"):
+            w(f"| distinct client connections served at once on a stock system bus | "
+              f"{peers.get('granted')} of {peers.get('connections')}; connection #{peers.get('first_failure_index', 0) + 1} "
+              f"failed: {peers.get('first_failure', '')} |")
+        else:
+            w(f"| distinct client connections served at once on a stock system bus | "
+              f"all {peers.get('granted')} of {peers.get('connections')} |")
+    if cold:
+        w(f"| cold start: first Acquire with lockbusd not running (D-Bus activation), median / max of "
+          f"{cold.get('iterations')} | {fmt(cold.get('cold_p50_us', 0) / 1000 if cold.get('cold_p50_us') else None, 1, ' ms')} / "
+          f"{fmt(cold.get('cold_max_us', 0) / 1000 if cold.get('cold_max_us') else None, 1, ' ms')} |")
+        w(f"| first Acquire of a new connection, lockbusd running (median) | "
+          f"{fmt_us(cold.get('first_call_running_p50_us'))} |")
+    for tool, c in cli.items():
+        what = {"lockbusctl": "`lockbusctl lock` + `lockbusctl unlock` (2 processes, through the bus)",
+                "busctl": "two `busctl call`s (Lock, Unlock)",
+                "lockbusctl-direct": "`lockbusctl lock` + `unlock` through the direct socket"}.get(tool, tool)
+        w(f"| {what}, median of {c['runs']} ({c['timer']}) | {c['median_ms']:.1f} ms |")
+    w("")
+
+    w("## Targets")
+    w("")
+    w("| target | measured | holds |")
+    w("| --- | --- | --- |")
+    for t in targets:
+        holds = "–" if t["holds"] is None else ("yes" if t["holds"] else "**no**")
+        w(f"| {t['target']} | {t['measured'] or 'not measured'} | {holds} |")
+    w("")
+    return "\n".join(md)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True, help="path without extension")
+    args = ap.parse_args()
+
+    with open(args.meta) as f:
+        meta = json.load(f)
+    try:
+        with open("/proc/loadavg") as f:
+            meta.setdefault("loadavg_end", " ".join(f.read().split()[:3]))
+    except OSError:
+        pass
+    raw = load(args.raw)
+    groups = closed_loop(raw)
+    rows = summarize(groups)
+
+    handoff_keys = ["handoff_p50_us", "handoff_p99_us", "handoff_mean_us", "unlock_p50_us", "unlock_p99_us",
+                    "ping_p50_us", "ping_p99_us", "iterations"]
+    handoffs = {}
+    for name in ("handoff", "handoff-direct"):
+        recs = scenario(raw, name)
+        if recs:
+            handoffs[name] = scenario_medians(recs, handoff_keys)
+            handoffs[name]["ratio_to_ping"] = median([r["handoff_p50_us"] / r["ping_p50_us"] for r in recs
+                                                      if "error" not in r and r.get("ping_p50_us")])
+    scale_recs = scenario(raw, "scale-holds")
+    scale = scale_recs[-1] if scale_recs else {}
+    if scale:
+        scale = dict(scale, errors=[scale["error"]] if "error" in scale else [])
+    waiter_recs = scenario(raw, "scale-waiters")
+    waiters = dict(waiter_recs[-1], errors=[waiter_recs[-1]["error"]] if "error" in waiter_recs[-1] else []) \
+        if waiter_recs else {}
+    cold_recs = scenario(raw, "cold")
+    cold = cold_recs[-1] if cold_recs else {}
+    peer_recs = scenario(raw, "peer-limit")
+    peers = peer_recs[-1] if peer_recs else {}
+    cli = {r["tool"]: r for r in scenario(raw, "cli")}
+    contended = [r for r in rows if r["case"] == "contended"]
+
+    prows = paired(raw)
+    targets = targets_table(rows, groups, prows, raw, handoffs.get("handoff", {}), scale, cold, cli)
+    png = write_plot(rows, meta, args.out)
+    md = markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png)
+
+    result = {
+        "meta": meta,
+        "closed_loop": rows,
+        "paired": prows,
+        "handoff": handoffs,
+        "scale_holds": scale,
+        "scale_waiters": waiters,
+        "peer_limit": peers,
+        "cold": cold,
+        "cli": cli,
+        "targets": targets,
+        "raw": raw,
+    }
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    with open(args.out + ".md", "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
