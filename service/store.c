@@ -414,8 +414,10 @@ int store_save_hold(Store *s, const Hold *h) {
 
         data = hold_to_data(h, &size);
 
-        /* Rewriting a hold (e.g. a new expiry) replaces its file. */
-        existed = fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) >= 0;
+        /* Rewriting a persistent hold (e.g. a new expiry) replaces a file
+         * that was answered for. Only there does it matter, and asking
+         * costs a syscall on every connection grant. */
+        existed = persistent && fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) >= 0;
 
         /* A new file may wait for the group commit: until store_sync() the
          * grant is not answered, and a file a crash left half-written is
