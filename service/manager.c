@@ -325,30 +325,56 @@ static int manager_rewrite_store(Manager *m, bool lock_gone, bool runtime_gone) 
         return store_sync(m->store);
 }
 
+/* A write for the hold found its directory removed (-ENOENT). If a new
+ * one is at the same path (an administrator, systemd-tmpfiles), takes it up
+ * and writes everything there again: returns 1, try once more. Else a
+ * negative errno, and *ret_where names the directory that failed. Checking
+ * only then, not before every grant, saves syscalls on the hot path; a
+ * persistent grant after the runtime directory was re-created leaves the
+ * rewrite of the connection holds to the next connection grant. */
+static int manager_take_up_directories(Manager *m, const Hold *h, const char **ret_where) {
+        bool lock_gone = false, runtime_gone = false;
+        int r;
+
+        /* The token reservation lives in the lock directory. */
+        r = store_reopen_removed_directories(m->store, &lock_gone, &runtime_gone);
+        *ret_where = hold_is_persistent(h) || lock_gone ? store_lock_directory(m->store)
+                                                        : store_runtime_directory(m->store);
+        if (r < 0)
+                return r;
+        /* Whatever was taken up is written again at once, also when the
+         * other directory is still missing. */
+        if (r > 0) {
+                r = manager_rewrite_store(m, lock_gone, runtime_gone);
+                if (r < 0)
+                        return r;
+                r = 1;
+        }
+        if (lock_gone || (runtime_gone && !hold_is_persistent(h)))
+                return -ENOENT;
+        /* r == 0: nothing was removed, the ENOENT has another cause. */
+        return r > 0 ? 1 : -ENOENT;
+}
+
 /* Grants a request that fits: token, fd, store, table, answer. */
 static void manager_grant(Manager *m, AcquireRequest *req) {
         _cleanup_(hold_freep) Hold *h = NULL;
         _cleanup_close_ int write_fd = -1;
+        const char *where;
         Hold *granted;
         int r;
 
         h = hold_new_for_request(m, req);
 
-        bool lock_gone = false, runtime_gone = false;
-        r = store_reopen_removed_directories(m->store, &lock_gone, &runtime_gone);
-        if (r > 0)
-                r = manager_rewrite_store(m, lock_gone, runtime_gone);
-        /* The token reservation lives in the lock directory. */
-        if (r >= 0 && (lock_gone || (runtime_gone && !hold_is_persistent(h))))
-                r = -ENOENT;
-        if (r < 0) {
-                log_error_errno(r, "Failed to store the hold on '%s': %m", h->resource);
-                return acquire_request_fail_storage(req, r, hold_is_persistent(h) || lock_gone
-                                                    ? store_lock_directory(m->store)
-                                                    : store_runtime_directory(m->store));
-        }
-
         r = token_issuer_next(m->tokens, &h->token);
+        if (r == -ENOENT) {
+                r = manager_take_up_directories(m, h, &where);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to store the hold on '%s': %m", h->resource);
+                        return acquire_request_fail_storage(req, r, where);
+                }
+                r = token_issuer_next(m->tokens, &h->token);
+        }
         if (r < 0) {
                 log_error_errno(r, "Failed to reserve fencing tokens in %s: %m", store_lock_directory(m->store));
                 return acquire_request_fail_storage(req, r, store_lock_directory(m->store));
@@ -376,11 +402,16 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
         }
 
         /* Durable before it is answered: all or nothing. */
+        where = hold_is_persistent(h) ? store_lock_directory(m->store) : store_runtime_directory(m->store);
         r = store_save_hold(m->store, h);
+        if (r == -ENOENT) {
+                r = manager_take_up_directories(m, h, &where);
+                if (r > 0)
+                        r = store_save_hold(m->store, h);
+        }
         if (r < 0) {
                 log_error_errno(r, "Failed to save hold for '%s': %m", h->resource);
-                return acquire_request_fail_storage(req, r, hold_is_persistent(h) ? store_lock_directory(m->store)
-                                                                                  : store_runtime_directory(m->store));
+                return acquire_request_fail_storage(req, r, where);
         }
 
         if (h->fd_watch) {

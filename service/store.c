@@ -380,15 +380,6 @@ static char *hold_to_data(const Hold *h, size_t *ret_size) {
         return g_string_free(out, FALSE);
 }
 
-/* Writes into a directory that was removed while open are lost with it. */
-static int check_directory_linked(int dir_fd) {
-        struct stat st;
-
-        if (fstat(dir_fd, &st) < 0)
-                return -errno;
-        return st.st_nlink == 0 ? -ENOENT : 0;
-}
-
 int store_save_hold(Store *s, const Hold *h) {
         g_autofree char *name = NULL, *data = NULL;
         struct stat st;
@@ -408,10 +399,6 @@ int store_save_hold(Store *s, const Hold *h) {
                 return dir_fd;
         persistent = hold_is_persistent(h);
 
-        r = check_directory_linked(dir_fd);
-        if (r < 0)
-                return r;
-
         data = hold_to_data(h, &size);
 
         /* Rewriting a persistent hold (e.g. a new expiry) replaces a file
@@ -423,6 +410,9 @@ int store_save_hold(Store *s, const Hold *h) {
          * grant is not answered, and a file a crash left half-written is
          * quarantined at start. Old contents were answered for, so a
          * rewrite is durable before the rename. */
+        /* In a directory that was removed while open, creating the temp
+         * file fails with ENOENT: nothing is written where it would be
+         * lost, and no stat is needed on every grant to find out. */
         r = write_file_atomic(dir_fd, name, data, size, persistent && existed);
         if (r < 0)
                 return r;

@@ -68,9 +68,10 @@ const char *store_lock_directory(const Store *s);
 const char *store_runtime_directory(const Store *s);
 
 /* Writes the hold's file (persistent → lock directory, see above for when
- * it is durable; connection and fd → runtime directory). A lock directory
+ * it is durable; connection and fd → runtime directory). A directory
  * that was removed while open gives -ENOENT: what is written there would
- * be lost. On failure nothing is left behind (the temp
+ * be lost (see store_reopen_removed_directories()). On failure nothing is
+ * left behind (the temp
  * file is removed) and a negative errno is returned; -EINVAL for a hold the
  * loader would reject, so a saved hold is never quarantined later. */
 int store_save_hold(Store *s, const Hold *h);
@@ -124,6 +125,7 @@ int store_read_token_reservation(Store *s, uint64_t *ret);
 int store_write_token_reservation(Store *s, uint64_t upto);
 
 /* False if the reservation file is no longer the one last written (removed
- * or replaced while the daemon runs): it must be written again before the
- * next token, or a crash could let tokens go back. */
+ * or replaced while the daemon runs, or the lock directory removed with
+ * it): it must be written again before the next token, or a crash could
+ * let tokens go back. One fstatat(): it is asked on every grant. */
 bool store_token_reservation_intact(Store *s);

@@ -27,7 +27,8 @@ TokenIssuer *token_issuer_free(TokenIssuer *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(TokenIssuer *, token_issuer_free);
 
 /* The next token. Reserves a new range first when the current one is used
- * up; a failure to store it returns a negative errno and issues nothing. */
+ * up or its file is gone; a failure to store it returns a negative errno
+ * and issues nothing (-ENOENT: the lock directory was removed). */
 int token_issuer_next(TokenIssuer *t, uint64_t *ret);
 
 /* Writes the current reservation again (e.g. into a directory created

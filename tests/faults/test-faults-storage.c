@@ -609,6 +609,37 @@ static void test_runtime_dir_removed(FaultsFixture *f, gconstpointer data) {
         }
 }
 
+/* Both directories removed, and only the lock directory back: a connection
+ * grant (refused, its directory is missing) must not leave the lock
+ * directory it took up empty. What was acknowledged is written there at
+ * once, so a crash right after keeps it and tokens go on. */
+static void test_both_dirs_removed_lock_back_first(FaultsFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        const char *lib = f->bus->lock_dir, *run = f->bus->runtime_dir;
+        uint64_t t_keep, t_c;
+
+        (void) faults_start_daemon(f);
+        t_keep = test_lock_ok(f->client, "keep");
+        t_c = test_acquire_ok(f->client, "c", NULL);
+
+        faults_rm_rf(lib);
+        faults_rm_rf(run);
+        g_assert_cmpint(mkdir(lib, 0755), ==, 0);
+
+        assert_storage_error(test_acquire(f->client, "c2", NULL, NULL, &error), &error, ENOENT, run);
+        faults_assert_not_held(f->client, "c2");
+        {
+                g_autofree char *file = faults_hold_file("keep", t_keep), *path = g_build_filename(lib, file, NULL);
+
+                g_assert_true(g_file_test(path, G_FILE_TEST_IS_REGULAR));
+        }
+        g_assert_cmpuint(faults_read_tokens(lib), >, t_c);
+
+        (void) faults_restart_daemon(f);
+        g_assert_cmpuint(faults_owner_token(f->client, "keep"), ==, t_keep);
+        g_assert_cmpuint(test_lock_ok(f->client, "after"), >, t_c);
+}
+
 /* ---- Entries that are not what the daemon wrote ---------------------------------------------------- */
 
 /* A directory where the next hold file goes: the rename cannot replace
@@ -903,6 +934,7 @@ int main(int argc, char *argv[]) {
         faults_add("/faults/storage/runtime-dir/read-only", NULL, test_runtime_dir_read_only);
         faults_add("/faults/storage/runtime-dir/read-only-unlock", NULL, test_runtime_dir_read_only_unlock);
         faults_add("/faults/storage/runtime-dir/removed-recovers", NULL, test_runtime_dir_removed);
+        faults_add("/faults/storage/both-dirs/removed-lock-back-first", NULL, test_both_dirs_removed_lock_back_first);
         faults_add("/faults/storage/tokens/reservation-read-only", NULL, test_token_reservation_read_only);
         faults_add("/faults/storage/tokens/reservation-unwritable", NULL, test_token_reservation_unwritable);
         faults_add("/faults/storage/tokens/removed", NULL, test_tokens_removed);
