@@ -547,6 +547,27 @@ _public_ int lockbus_unlock(lockbus *l, const char *resource) {
         return lockbus_call_s(l, "Unlock", resource, NULL);
 }
 
+_public_ int lockbus_unlock_nowait(lockbus *l, const char *resource) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        if (!l || !resource)
+                return -EINVAL;
+        lockbus_clear_error(l);
+
+        r = new_method_call(l, "Unlock", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_basic(m, 's', resource);
+        if (r < 0)
+                return r;
+        /* The service sends no reply then, so none piles up unread. */
+        r = sd_bus_message_set_expect_reply(m, false);
+        if (r < 0)
+                return r;
+        return sd_bus_send(l->bus, m, NULL);
+}
+
 _public_ int lockbus_refresh(lockbus *l, const char *resource, uint64_t *ret_expires_usec) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         uint64_t expires;
