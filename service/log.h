@@ -10,9 +10,20 @@
 
 #include <syslog.h>
 
+#include <systemd/sd-event.h>
+
 #include "macro.h"
 
 void log_set_max_level(int level);
+
+/* While serving: lines below LOG_WARNING (grants, releases, refusals) are
+ * collected and written together once the loop has nothing else to do, or
+ * when the buffer is full; a warning or an error writes what was collected
+ * and itself at once. Under load that is one write() for dozens of lines
+ * instead of one each. log_detach_event() writes the rest (call it before
+ * the loop goes). */
+int log_attach_event(sd_event *event);
+void log_detach_event(void);
 int log_internal(int level, int error, const char *format, ...) _printf_(3, 4);
 
 #define log_full_errno(level, error, ...) log_internal((level), (error), __VA_ARGS__)

@@ -974,7 +974,12 @@ int manager_run(Manager *m) {
         log_info("lockbusd ready on %s; lock directory %s, runtime directory %s.",
                  LOCKBUS_BUS_NAME, store_lock_directory(m->store), store_runtime_directory(m->store));
 
+        r = log_attach_event(m->event);
+        if (r < 0)
+                log_warning_errno(r, "Failed to batch log lines, writing each at once: %m");
+
         r = manager_loop(m);
+        log_detach_event();
         (void) sd_notify(false, "STOPPING=1");
 
         /* What was answered is durable already; make the rest so and answer it. */
