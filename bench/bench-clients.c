@@ -87,13 +87,26 @@ static int lockbus_setup(BenchClient *c) {
 }
 
 static int lockbus_cycle(BenchClient *c) {
+        const BenchCase *bc = c->bench_case;
         LockbusState *s = c->state;
         int r;
 
         r = lockbus_lock(s->lockbus, s->resource, &s->options, NULL);
         if (r < 0)
-                return bench_client_fail(c, r, "Acquire('%s') failed: %s", s->resource,
+                return bench_client_fail(c, r, "Acquire('%s') failed%s: %s", s->resource,
+                                         bc->unlock_nowait ? " (after an Unlock not waited for)" : "",
                                          lockbus_last_error_message(s->lockbus) ?: strerror(-r));
+
+        /* Not waiting for the answer: the calls of one connection are served
+         * in order, so the next Acquire finds the hold released (or fails
+         * naming us, if the Unlock was refused). */
+        if (bc->unlock_nowait) {
+                r = lockbus_unlock_nowait(s->lockbus, s->resource);
+                if (r < 0)
+                        return bench_client_fail(c, r, "Failed to send Unlock('%s'): %s", s->resource, strerror(-r));
+                return 0;
+        }
+
         r = lockbus_unlock(s->lockbus, s->resource);
         if (r < 0)
                 return bench_client_fail(c, r, "Unlock('%s') failed: %s", s->resource,
@@ -115,10 +128,18 @@ static int ping_op(BenchClient *c) {
 }
 
 static void lockbus_teardown(BenchClient *c) {
+        const BenchCase *bc = c->bench_case;
         LockbusState *s = c->state;
 
         if (!s)
                 return;
+        /* Leave nothing held, outside the measured window: a persistent hold
+         * outlives the connection (a cycle may have failed between its
+         * Acquire and its Unlock), and an Unlock not waited for is known to be
+         * done once a call after it is answered. NotLocked (-ENOENT) is the
+         * usual answer. */
+        if (s->lockbus && s->resource[0] && (bc->unlock_nowait || bc->scope == LOCKBUS_SCOPE_PERSISTENT))
+                (void) lockbus_unlock(s->lockbus, s->resource);
         lockbus_unref(s->lockbus);
         free(s);
         c->state = NULL;
@@ -165,6 +186,7 @@ static void flock_teardown(BenchClient *c) {
 typedef struct RedisState {
         redisContext *context;
         char key[64];
+        bool del_pending;               /* redis-pipelined: the DEL of the last cycle is not sent yet */
 } RedisState;
 
 static int redis_setup(BenchClient *c) {
@@ -207,11 +229,81 @@ static int redis_cycle(BenchClient *c) {
         return 0;
 }
 
+/* --- Redis, pipelined: the DEL of one cycle goes out with the SET NX of the
+ *     next (one write, both replies read): one round trip per cycle ------------ */
+
+static int redis_pipelined_setup(BenchClient *c) {
+        RedisState *s;
+        redisReply *reply;
+        int r;
+
+        r = redis_setup(c);
+        if (r < 0)
+                return r;
+        s = c->state;
+        /* A key of its own (a pair with "redis" must not share one), and no
+         * leftover of an interrupted client. */
+        snprintf(s->key, sizeof(s->key), "bench:pipelined:%u", c->index);
+        reply = redisCommand(s->context, "DEL %s", s->key);
+        if (!reply)
+                return bench_client_fail(c, -EIO, "DEL %s failed: %s", s->key, s->context->errstr);
+        freeReplyObject(reply);
+        return 0;
+}
+
+static int redis_pipelined_cycle(BenchClient *c) {
+        RedisState *s = c->state;
+        redisReply *reply = NULL;
+        bool ok;
+
+        /* The previous cycle's release, not waited for then; Redis serves the
+         * commands of a connection in order, so the SET after it finds the
+         * key gone. */
+        if (s->del_pending &&
+            redisAppendCommand(s->context, "DEL %s", s->key) != REDIS_OK)
+                return bench_client_fail(c, -EIO, "DEL %s: %s", s->key, s->context->errstr);
+        if (redisAppendCommand(s->context, "SET %s %u NX PX 30000", s->key, c->index) != REDIS_OK)
+                return bench_client_fail(c, -EIO, "SET %s NX: %s", s->key, s->context->errstr);
+
+        if (s->del_pending) {
+                s->del_pending = false;
+                if (redisGetReply(s->context, (void **) &reply) != REDIS_OK)
+                        reply = NULL;
+                ok = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+                if (reply)
+                        freeReplyObject(reply);
+                if (!ok)
+                        /* The SET's reply is still unread: this connection
+                         * is done for (the client stops at the error). */
+                        return bench_client_fail(c, -EIO, "DEL %s (pipelined) failed: %s", s->key,
+                                                 s->context->err ? s->context->errstr : "not 1");
+        }
+
+        if (redisGetReply(s->context, (void **) &reply) != REDIS_OK)
+                reply = NULL;
+        ok = reply && reply->type == REDIS_REPLY_STATUS && streq(reply->str, "OK");
+        if (reply)
+                freeReplyObject(reply);
+        if (!ok)
+                return bench_client_fail(c, -EIO, "SET %s NX (pipelined) failed: %s", s->key,
+                                         s->context->err ? s->context->errstr : "not OK");
+        s->del_pending = true;
+        return 0;
+}
+
 static void redis_teardown(BenchClient *c) {
         RedisState *s = c->state;
 
         if (!s)
                 return;
+        /* redis-pipelined: the last cycle's release, waited for (outside the
+         * measured window). */
+        if (s->context && !s->context->err && s->del_pending) {
+                redisReply *reply = redisCommand(s->context, "DEL %s", s->key);
+
+                if (reply)
+                        freeReplyObject(reply);
+        }
         if (s->context)
                 redisFree(s->context);
         free(s);
@@ -443,38 +535,49 @@ static void etcd_teardown(BenchClient *c) {
 
 /* --- The table --------------------------------------------------------------- */
 
-#define LOCKBUS_CASE(n, d, m, sc, same, t, dir)                                 \
+#define LOCKBUS_CASE(n, d, m, sc, same, t, dir, nowait)                         \
         { .name = n, .description = d, .is_lockbus = true, .direct = dir,      \
           .setup = lockbus_setup, .op = lockbus_cycle, .teardown = lockbus_teardown, \
-          .mode = m, .scope = sc, .same_resource = same, .timeout_usec = t }
+          .mode = m, .scope = sc, .same_resource = same, .timeout_usec = t,    \
+          .unlock_nowait = nowait }
 
 static const BenchCase cases[] = {
         { .name = "ping", .description = "floor: org.freedesktop.DBus.Peer.Ping to lockbusd (one call)",
           .is_lockbus = true, .setup = lockbus_setup, .op = ping_op, .teardown = lockbus_teardown },
         LOCKBUS_CASE("conn-excl", "Acquire exclusive, scope connection + Unlock, own resource",
-                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, false),
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, false, false),
+        LOCKBUS_CASE("conn-excl-nowait", "conn-excl, the Unlock not waited for (lockbus_unlock_nowait): one round trip",
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, false, true),
         LOCKBUS_CASE("conn-shared", "Acquire shared, scope connection + Unlock, own resource",
-                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_CONNECTION, false, 0, false),
+                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_CONNECTION, false, 0, false, false),
         LOCKBUS_CASE("conn-shared-same", "Acquire shared, scope connection + Unlock, one resource for all",
-                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_CONNECTION, true, 0, false),
+                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_CONNECTION, true, 0, false, false),
         LOCKBUS_CASE("pers-excl", "Acquire exclusive, scope persistent + Unlock, own resource",
-                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, false),
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, false, false),
+        LOCKBUS_CASE("pers-excl-nowait", "pers-excl, the Unlock not waited for (lockbus_unlock_nowait): one round trip",
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, false, true),
         LOCKBUS_CASE("pers-shared", "Acquire shared, scope persistent + Unlock, own resource",
-                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_PERSISTENT, false, 0, false),
+                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_PERSISTENT, false, 0, false, false),
         LOCKBUS_CASE("pers-shared-same", "Acquire shared, scope persistent + Unlock, one resource for all",
-                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_PERSISTENT, true, 0, false),
+                     LOCKBUS_MODE_SHARED, LOCKBUS_SCOPE_PERSISTENT, true, 0, false, false),
         LOCKBUS_CASE("contended", "Acquire exclusive, scope connection, waiting for ever + Unlock, one resource for all",
-                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, true, LOCKBUS_WAIT_FOREVER, false),
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, true, LOCKBUS_WAIT_FOREVER, false, false),
         { .name = "ping-direct", .description = "floor of the direct path: Peer.Ping to lockbusd on its direct socket",
           .is_lockbus = true, .direct = true, .setup = lockbus_setup, .op = ping_op, .teardown = lockbus_teardown },
         LOCKBUS_CASE("conn-excl-direct", "conn-excl through lockbusd's direct socket (no bus daemon)",
-                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, true),
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, true, false),
+        LOCKBUS_CASE("conn-excl-direct-nowait", "conn-excl-nowait through lockbusd's direct socket",
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_CONNECTION, false, 0, true, true),
         LOCKBUS_CASE("pers-excl-direct", "pers-excl through lockbusd's direct socket (no bus daemon)",
-                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, true),
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, true, false),
+        LOCKBUS_CASE("pers-excl-direct-nowait", "pers-excl-nowait through lockbusd's direct socket",
+                     LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, true, true),
         { .name = "flock", .description = "flock(2) LOCK_EX + LOCK_UN on an open fd, own file",
           .setup = flock_setup, .op = flock_cycle, .teardown = flock_teardown },
         { .name = "redis", .description = "Redis SET key val NX PX 30000 + DEL key over a Unix socket (hiredis)",
           .setup = redis_setup, .op = redis_cycle, .teardown = redis_teardown },
+        { .name = "redis-pipelined", .description = "redis, the DEL not waited for but sent with the next cycle's SET NX: one round trip",
+          .setup = redis_pipelined_setup, .op = redis_pipelined_cycle, .teardown = redis_teardown },
         { .name = "postgres", .description = "PostgreSQL pg_advisory_lock + pg_advisory_unlock, prepared, Unix socket (libpq)",
           .setup = postgres_setup, .op = postgres_cycle, .teardown = postgres_teardown },
         { .name = "etcd", .description = "etcd v3 lease grant + txn (create_revision == 0 → put with lease) + deleterange, JSON gateway, kept-alive HTTP (libcurl)",
@@ -490,5 +593,5 @@ const BenchCase *bench_case_find(const char *name) {
 
 void bench_cases_list(FILE *f) {
         for (size_t i = 0; i < ELEMENTSOF(cases); i++)
-                fprintf(f, "  %-18s %s\n", cases[i].name, cases[i].description);
+                fprintf(f, "  %-24s %s\n", cases[i].name, cases[i].description);
 }

@@ -7,7 +7,10 @@
  *
  * One operation is one lock+unlock cycle (two round trips for every
  * service), or one call for "ping", the floor: org.freedesktop.DBus.Peer.Ping
- * to lockbusd through the same bus and client code. Each client locks its
+ * to lockbusd through the same bus and client code. The "-nowait" lockbus
+ * cases and "redis-pipelined" wait for the lock only: the release is not
+ * waited for (lockbus_unlock_nowait(); Redis's DEL goes out with the next
+ * cycle's SET), one round trip per cycle. Each client locks its
  * own resource unless the case says "same" (one resource for all) or
  * "contended" (one resource, exclusive, waiting for ever: a queue).
  *
@@ -58,6 +61,7 @@ struct BenchCase {
         lockbus_scope scope;
         bool same_resource;             /* every client locks the one resource */
         uint64_t timeout_usec;          /* of Acquire: 0 fail at once, LOCKBUS_WAIT_FOREVER queue */
+        bool unlock_nowait;             /* release with lockbus_unlock_nowait(): the cycle waits for Acquire only */
 };
 
 const BenchCase *bench_case_find(const char *name);

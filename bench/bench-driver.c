@@ -73,17 +73,27 @@ static _Noreturn void client_main(const BenchCase *bc, const BenchTargets *targe
         histogram_init(&res->latency);
         histogram_init(&res->pair_latency);
 
+        /* Each case gets its own state and connection (the paired one too,
+         * which may be of another system: a lockbus case against a peer).
+         * The peers' clients connect as invoked (root: the Redis socket is
+         * root's alone), before the lockbus clients drop to their uid. */
         r = 0;
-        if (bc->is_lockbus && targets->uid_base > 0) {
+        if (!bc->is_lockbus)
+                r = bc->setup(&c);
+        if (r >= 0 && config->pair && !config->pair->is_lockbus) {
+                r = config->pair->setup(&pc);
+                if (r < 0)
+                        memcpy(c.error, pc.error, sizeof(c.error));
+        }
+        if (r >= 0 && (bc->is_lockbus || (config->pair && config->pair->is_lockbus)) && targets->uid_base > 0) {
                 r = drop_privileges(targets->uid_base + index);
                 if (r < 0)
                         bench_client_fail(&c, r, "Failed to become uid %u: %s", targets->uid_base + index,
                                           strerror(-r));
         }
-        if (r >= 0)
+        if (r >= 0 && bc->is_lockbus)
                 r = bc->setup(&c);
-        /* The paired case gets a connection of its own. */
-        if (r >= 0 && config->pair) {
+        if (r >= 0 && config->pair && config->pair->is_lockbus) {
                 r = config->pair->setup(&pc);
                 if (r < 0)
                         memcpy(c.error, pc.error, sizeof(c.error));
@@ -311,13 +321,13 @@ finish:
                 json_string(&j, "error", first_error);
         json_end(&j);
 
-        fprintf(stderr, "  %-17s %2u clients: %10.0f ops/s  p50 %8.1f µs  p99 %8.1f µs%s%s\n",
+        fprintf(stderr, "  %-23s %2u clients: %10.0f ops/s  p50 %8.1f µs  p99 %8.1f µs%s%s\n",
                 bc->name, n, (double) total / window_s,
                 (double) histogram_quantile(all, 0.50) / NSEC_PER_USEC,
                 (double) histogram_quantile(all, 0.99) / NSEC_PER_USEC,
                 first_error ? "  error: " : "", strempty(first_error));
         if (config->pair)
-                fprintf(stderr, "    paired with %-10s %10.0f ops/s  p50 %8.1f µs  (interleaved in %.0f ms slices)\n",
+                fprintf(stderr, "    paired with %-21s %10.0f ops/s  p50 %8.1f µs  (interleaved in %.0f ms slices)\n",
                         config->pair->name, (double) pair_total / window_s,
                         (double) histogram_quantile(pair_all, 0.50) / NSEC_PER_USEC,
                         (double) config->slice_ns / NSEC_PER_MSEC);

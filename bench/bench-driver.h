@@ -22,7 +22,10 @@
  * Paired (config->pair): each client also connects for a second case and
  * all of them switch between the two in slices (the main case first), so
  * both see the same moments of a noisy machine; each gets half the window.
- * Their ratio is what a target compares ("pair_ops_per_sec", "pair_lat_*"). */
+ * Their ratio is what a target compares ("pair_ops_per_sec", "pair_lat_*").
+ * The two cases keep their own state and connection, so a lockbus case can
+ * be paired with a peer's (the peer's client connects before the process
+ * drops to its lockbus uid). */
 
 #include <stdint.h>
 #include <stdio.h>

@@ -24,25 +24,35 @@ import sys
 LABELS = {
     "ping": "Ping through the bus (floor; 1 call)",
     "conn-excl": "lockbus cycle, scope connection, exclusive",
+    "conn-excl-nowait": "lockbus cycle, scope connection, exclusive, Unlock not waited for",
     "conn-shared": "lockbus cycle, scope connection, shared",
     "conn-shared-same": "lockbus cycle, scope connection, shared, one resource",
     "pers-excl": "lockbus cycle, scope persistent, exclusive",
+    "pers-excl-nowait": "lockbus cycle, scope persistent, exclusive, Unlock not waited for",
     "pers-shared": "lockbus cycle, scope persistent, shared",
     "pers-shared-same": "lockbus cycle, scope persistent, shared, one resource",
     "contended": "lockbus cycle, one resource, waiting (queue)",
     "ping-direct": "Ping on the direct socket (floor of the direct path)",
     "conn-excl-direct": "lockbus cycle, scope connection, direct socket",
+    "conn-excl-direct-nowait": "lockbus cycle, scope connection, direct socket, Unlock not waited for",
     "pers-excl-direct": "lockbus cycle, scope persistent, direct socket",
+    "pers-excl-direct-nowait": "lockbus cycle, scope persistent, direct socket, Unlock not waited for",
     "flock": "flock(2) LOCK_EX + LOCK_UN",
     "redis": "Redis SET NX PX + DEL (Unix socket)",
+    "redis-pipelined": "Redis SET NX PX + DEL, the DEL sent with the next SET (one round trip)",
     "postgres": "PostgreSQL pg_advisory_lock + unlock (Unix socket)",
     "etcd": "etcd lease grant + txn + delete (HTTP gateway)",
 }
-LOCKBUS_ORDER = ["ping", "conn-excl", "conn-shared", "conn-shared-same", "pers-excl", "pers-shared",
-                 "pers-shared-same", "contended", "ping-direct", "conn-excl-direct", "pers-excl-direct"]
-PEER_ORDER = ["flock", "redis", "postgres", "etcd"]
+LOCKBUS_ORDER = ["ping", "conn-excl", "conn-excl-nowait", "conn-shared", "conn-shared-same", "pers-excl",
+                 "pers-excl-nowait", "pers-shared", "pers-shared-same", "contended", "ping-direct",
+                 "conn-excl-direct", "conn-excl-direct-nowait", "pers-excl-direct", "pers-excl-direct-nowait"]
+PEER_ORDER = ["flock", "redis", "redis-pipelined", "postgres", "etcd"]
 # The floor each lockbus case is compared with.
-FLOOR_OF = {c: ("ping-direct" if c.endswith("-direct") else "ping") for c in LOCKBUS_ORDER}
+FLOOR_OF = {c: ("ping-direct" if "-direct" in c else "ping") for c in LOCKBUS_ORDER}
+# Cycles of one round trip (the release not waited for): their floor is the
+# Ping rate itself, not ÷ 2.
+ONE_ROUND_TRIP = {"conn-excl-nowait", "pers-excl-nowait", "conn-excl-direct-nowait", "pers-excl-direct-nowait",
+                  "redis-pipelined"}
 
 
 def median(values):
@@ -114,19 +124,15 @@ def summarize(groups):
             "fairness_max_min": median([r.get("fairness_max_min") for r in ok.values()]),
             "errors": [r["error"] for r in records if "error" in r],
         }
-        floor = FLOOR_OF.get(case)
+        floor = FLOOR_OF.get(case) or ("ping" if case in PEER_ORDER else None)
+        calls = 1 if case in ONE_ROUND_TRIP else 2
         if floor and floor != case and (floor, clients) in groups:
             floor_reps = by_rep(groups[(floor, clients)])
-            ratios = [ok[k]["ops_per_sec"] / (floor_reps[k]["ops_per_sec"] / 2)
+            ratios = [ok[k]["ops_per_sec"] / (floor_reps[k]["ops_per_sec"] / calls)
                       for k in ok if k in floor_reps and floor_reps[k]["ops_per_sec"] > 0]
             row["ratio_to_floor"] = median(ratios)
             row["floor"] = floor
-        elif case in PEER_ORDER and ("ping", clients) in groups:
-            floor_reps = by_rep(groups[("ping", clients)])
-            ratios = [ok[k]["ops_per_sec"] / (floor_reps[k]["ops_per_sec"] / 2)
-                      for k in ok if k in floor_reps and floor_reps[k]["ops_per_sec"] > 0]
-            row["ratio_to_floor"] = median(ratios)
-            row["floor"] = "ping"
+            row["floor_divided_by"] = calls
         rows.append(row)
     order = {c: i for i, c in enumerate(LOCKBUS_ORDER + PEER_ORDER)}
     rows.sort(key=lambda r: (order.get(r["case"], 99), r["clients"]))
@@ -213,6 +219,38 @@ def targets_table(rows, groups, prows, raw, handoff, scale, cold, cli):
     how = f"{p['ops_per_sec']:.0f} vs {p['pair_ops_per_sec']:.0f} cycles/s, interleaved" if p else "separate runs"
     add("persistent cycle ≥ 0.5 × connection cycle, 8 clients",
         None if ratio is None else f"{ratio:.2f} × ({how})", None if ratio is None else ratio >= 0.5)
+
+    def cycle_ratio(case, other, clients):
+        """case ÷ other in cycles/s: interleaved if paired, else from the
+        separate runs of the same repetition; (ratio, how) or (None, None)."""
+        p = find_pair(prows, case, other, clients)
+        if p:
+            return p["ratio"], f"{p['ops_per_sec']:.0f} vs {p['pair_ops_per_sec']:.0f} cycles/s, interleaved"
+        ratio = rep_ratio(groups, case, other, clients)
+        a, b = find(rows, case, clients), find(rows, other, clients)
+        if ratio is None or not a or not b:
+            return None, None
+        return ratio, f"{a['ops_per_sec']:.0f} vs {b['ops_per_sec']:.0f} cycles/s, separate runs"
+
+    ratio, how = cycle_ratio("pers-excl-nowait", "conn-excl-nowait", 8)
+    add("persistent cycle ≥ 0.5 × connection cycle, 8 clients, Unlock not waited for (the -nowait cycles)",
+        None if ratio is None else f"{ratio:.2f} × ({how})", None if ratio is None else ratio >= 0.5)
+    # The direct socket against Redis (SET NX PX + DEL, each waited for): the
+    # plain cycle (two round trips, like Redis's) and the nowait cycle (one);
+    # redis-pipelined, one round trip too, is the like-for-like peer of the
+    # latter, shown but not the target.
+    for c in (1, 8):
+        n = f"{c} client{'s' if c > 1 else ''}"
+        ratio, how = cycle_ratio("conn-excl-direct", "redis", c)
+        add(f"direct-socket cycle ≥ Redis cycle, {n} (Unlock waited for)",
+            None if ratio is None else f"{ratio:.2f} × ({how})", None if ratio is None else ratio >= 1.0)
+        ratio, how = cycle_ratio("conn-excl-direct-nowait", "redis", c)
+        like, like_how = cycle_ratio("conn-excl-direct-nowait", "redis-pipelined", c)
+        like_text = ("" if like is None else
+                     f"; like for like, against redis-pipelined (one round trip too): {like:.2f} × ({like_how})")
+        add(f"direct-socket cycle ≥ Redis cycle, {n} (Unlock not waited for)",
+            None if ratio is None else f"{ratio:.2f} × ({how}){like_text}",
+            None if ratio is None else ratio >= 1.0)
     # The handoff against the Ping its waiter makes at the same moments.
     ping1 = find(rows, "ping", 1)
     if handoff.get("handoff_p50_us") is not None and handoff.get("ping_p50_us"):
@@ -270,11 +308,16 @@ def write_plot(rows, meta, out):
     series = [
         ("ping", "Ping ÷ 2 (bus floor)", 0.5, "dt 2 lw 2 lc rgb '#888888' pt 6"),
         ("conn-excl", "lockbus, connection scope", 1, "lw 3 lc rgb '#1f77b4' pt 7"),
+        ("conn-excl-nowait", "lockbus, connection, nowait", 1, "dt 4 lw 3 lc rgb '#1f77b4' pt 7"),
         ("pers-excl", "lockbus, persistent scope", 1, "lw 3 lc rgb '#2ca02c' pt 5"),
+        ("pers-excl-nowait", "lockbus, persistent, nowait", 1, "dt 4 lw 3 lc rgb '#2ca02c' pt 5"),
         ("ping-direct", "Ping ÷ 2 (direct floor)", 0.5, "dt 2 lw 2 lc rgb '#9ecae1' pt 6"),
         ("conn-excl-direct", "lockbus direct, connection", 1, "lw 2 lc rgb '#6baed6' pt 7"),
+        ("conn-excl-direct-nowait", "lockbus direct, connection, nowait", 1, "dt 4 lw 2 lc rgb '#6baed6' pt 7"),
         ("pers-excl-direct", "lockbus direct, persistent", 1, "lw 2 lc rgb '#74c476' pt 5"),
+        ("pers-excl-direct-nowait", "lockbus direct, persistent, nowait", 1, "dt 4 lw 2 lc rgb '#74c476' pt 5"),
         ("redis", "Redis SET NX PX + DEL", 1, "lw 2 lc rgb '#d62728' pt 9"),
+        ("redis-pipelined", "Redis pipelined (DEL with next SET)", 1, "dt 4 lw 2 lc rgb '#d62728' pt 9"),
         ("postgres", "PostgreSQL advisory lock", 1, "lw 2 lc rgb '#9467bd' pt 11"),
         ("etcd", "etcd lease + txn + delete", 1, "lw 2 lc rgb '#8c564b' pt 13"),
         ("flock", "flock(2)", 1, "lw 2 lc rgb '#ff7f0e' pt 3"),
@@ -299,7 +342,7 @@ def write_plot(rows, meta, out):
     for i, (case, label, _, style) in enumerate(present):
         plots.append(f"'{dat}' using 1:{i + 2} with linespoints title '{label}' {style} ps 1.3")
     script = f"""
-set terminal pngcairo size 1100,680 enhanced font 'DejaVu Sans,11'
+set terminal pngcairo size 1200,760 enhanced font 'DejaVu Sans,11'
 set output '{out}.png'
 set title "{title}" font ',12'
 set xlabel 'client processes (closed loop)'
@@ -346,17 +389,26 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
     w("## lockbus vs floor vs peers")
     w("")
     w("One operation = one lock + unlock cycle (two round trips); the floor is the Ping rate ÷ 2 "
-      "(a cycle is two calls). ops/s at each client count; latency of one cycle at 1 client.")
+      "(a cycle is two calls). The *nowait* rows wait for the lock only: the Unlock goes out with "
+      "`lockbus_unlock_nowait()` and is not answered (one round trip per cycle; the connection's next "
+      "Acquire sees the release). Redis pipelined is their counterpart: the DEL is sent with the next "
+      "cycle's SET NX, both replies read (one round trip). ops/s at each client count; latency of one "
+      "cycle at 1 client.")
     w("")
     head = "| | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients) + " | p50 @1 | p99 @1 |"
     w(head)
     w("|" + " --- |" * (len(clients) + 3))
     main = [("ping", "Ping ÷ 2 — the bus floor", 0.5), ("conn-excl", "lockbus, scope connection", 1),
+            ("conn-excl-nowait", "lockbus, scope connection, nowait", 1),
             ("pers-excl", "lockbus, scope persistent (durable)", 1),
+            ("pers-excl-nowait", "lockbus, scope persistent (durable), nowait", 1),
             ("ping-direct", "Ping ÷ 2 — the direct-socket floor", 0.5),
             ("conn-excl-direct", "lockbus direct socket, scope connection", 1),
+            ("conn-excl-direct-nowait", "lockbus direct socket, scope connection, nowait", 1),
             ("pers-excl-direct", "lockbus direct socket, scope persistent", 1),
+            ("pers-excl-direct-nowait", "lockbus direct socket, scope persistent, nowait", 1),
             ("flock", "flock(2) on an open fd", 1), ("redis", "Redis SET NX PX + DEL", 1),
+            ("redis-pipelined", "Redis SET NX PX + DEL, pipelined (DEL with the next SET)", 1),
             ("postgres", "PostgreSQL advisory lock + unlock", 1), ("etcd", "etcd lease + txn + delete (durable)", 1)]
     for case, label, scale_f in main:
         if not any(find(rows, case, c) for c in clients):
@@ -387,17 +439,19 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
           f"{fmt_ratio(r['fairness_max_min'])} | {r['reps']} |")
     w("")
     w("× floor: ops/s ÷ (Ping ops/s ÷ 2) at the same client count, per repetition, median (the direct "
-      "cases against the direct Ping; the peers against the bus Ping). CPU/op: CPU time of the daemon "
-      "(all threads) during the measured window ÷ operations. fairness: most ÷ fewest operations "
-      "of one client.")
+      "cases against the direct Ping; the peers against the bus Ping). The one-round-trip cycles "
+      "(the -nowait cases, redis-pipelined) against the Ping rate itself, not ÷ 2. CPU/op: CPU time "
+      "of the daemon (all threads) during the measured window ÷ operations. fairness: most ÷ fewest "
+      "operations of one client.")
     w("")
 
     if prows:
         w("## Ratios, interleaved")
         w("")
         w("The same client processes run both cases, switching every 100 ms (all clients at once), so that a "
-          "busy moment of the machine hits both; each case gets half of the window. Against a Ping the ratio "
-          "is to the Ping rate ÷ 2. Median of the per-repetition ratios.")
+          "busy moment of the machine hits both; each case gets half of the window. Each case has its own "
+          "connection (a lockbus case against Redis: one to lockbusd and one to Redis per client). Against a "
+          "Ping the ratio is to the Ping rate ÷ 2. Median of the per-repetition ratios.")
         w("")
         w("| case | against | clients | ops/s | its ops/s | ratio | p50 | its p50 | ratio per repetition |")
         w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

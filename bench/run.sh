@@ -8,14 +8,15 @@
 # directories, runs every case, stops everything it started, and writes
 # bench/results/<date>.json, .md and .png. See bench/README.md.
 #
-#   bench/run.sh                  full run (~11 min): 4 s per case, 3 repetitions
+#   bench/run.sh                  full run (~16 min): 4 s per case, 3 repetitions
 #   bench/run.sh --quick          quick run (~1-2 min): 1 s, 1 repetition, smaller scale cases
 #   bench/run.sh --duration=SEC --reps=N   other times
 #
 # Other options: --builddir=DIR (default build-bench), --results=DIR
 # (default bench/results), --no-peers (lockbus only), --profile (also
 # perf record lockbusd during the connection cycle, into <date>-profile.txt),
-# --keep (leave the temporary directories for a look).
+# --keep (leave the temporary directories for a look), --uid-base=UID (the
+# 32 client users' first uid, default 61000, if those are taken).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,9 +30,10 @@ results="$bench/results"
 with_peers=true
 profile=false
 keep=false
+uid_base=61000
 
 usage() {
-        sed -n '4,18s/^# \{0,1\}//p' "$0"
+        sed -n '4,19s/^# \{0,1\}//p' "$0"
 }
 
 die() {
@@ -49,6 +51,7 @@ for arg in "$@"; do
                 --no-peers) with_peers=false ;;
                 --profile) profile=true ;;
                 --keep) keep=true ;;
+                --uid-base=*) uid_base="${arg#*=}" ;;
                 -h|--help) usage; exit 0 ;;
                 *) usage >&2; exit 2 ;;
         esac
@@ -77,14 +80,20 @@ else
 fi
 [[ "$duration" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--duration= needs seconds, got '$duration'"
 [[ "$reps" =~ ^[1-9][0-9]*$ ]] || die "--reps= needs a positive integer, got '$reps'"
+[[ "$uid_base" =~ ^[1-9][0-9]*$ ]] && ((uid_base >= 1000 && uid_base < 4294967000)) ||
+        die "--uid-base= needs a uid of 1000 or more, got '$uid_base'"
 ((EUID == 0)) || die "run me as root: clients run as other uids, PostgreSQL as its own user, and missing packages are installed"
 
 # The cases of the closed loop, in the order of one repetition: for each
 # client count, the floor right before the lockbus cycles, then the peers.
 client_counts=(1 8 32)
-lockbus_cases=(ping conn-excl pers-excl conn-shared pers-shared conn-shared-same pers-shared-same contended
-               ping-direct conn-excl-direct pers-excl-direct)
-peer_cases=(flock redis postgres etcd)
+# The "-nowait" cycles release with lockbus_unlock_nowait() (one round trip
+# per cycle); redis-pipelined is their counterpart (the DEL goes out with
+# the next SET).
+lockbus_cases=(ping conn-excl conn-excl-nowait pers-excl pers-excl-nowait conn-shared pers-shared
+               conn-shared-same pers-shared-same contended
+               ping-direct conn-excl-direct conn-excl-direct-nowait pers-excl-direct pers-excl-direct-nowait)
+peer_cases=(flock redis redis-pipelined postgres etcd)
 
 stamp="$(date -u +%Y-%m-%d)"
 "$quick" && stamp="$stamp-quick"
@@ -156,8 +165,7 @@ harness="$harness_build/lockbus-bench"
 # service are (and persistent holds belong to a uid, so shared persistent
 # holds of one resource need several). dbus-daemon refuses uids without a
 # passwd entry, so: system users lockbus-bench-00 … -31 (uids 61000 …
-# 61031), made here and removed at the end.
-uid_base=61000
+# 61031, or from --uid-base=), made here and removed at the end.
 n_users=32
 bench_user_comment="lockbus benchmark client (bench/run.sh)"
 
@@ -468,20 +476,28 @@ for ((rep = 1; rep <= reps; rep++)); do
                 for bench_case in "${cases[@]}"; do
                         # One resource shared by one client is the own-resource case.
                         [[ "$clients" == 1 && "$bench_case" =~ -same$|^contended$ ]] && continue
-                        [[ -z "$direct_socket" && "$bench_case" == *-direct ]] && continue
+                        [[ -z "$direct_socket" && "$bench_case" =~ -direct(-nowait)?$ ]] && continue
                         run_case "$bench_case" "$clients" "$rep"
                 done
         done
         # The ratios of the targets, measured interleaved: both cases run by
         # the same clients, switching every 100 ms, so that a busy moment of
-        # the machine hits both.
+        # the machine hits both. A lockbus case and a peer's pair as well
+        # (each client holds a connection to both).
         step "repetition $rep/$reps: paired cases (ratios)"
         run_case conn-excl 1 "$rep" --pair=ping
         run_case conn-excl 8 "$rep" --pair=ping
         run_case pers-excl 8 "$rep" --pair=conn-excl
+        run_case pers-excl-nowait 8 "$rep" --pair=conn-excl-nowait
         if [[ -n "$direct_socket" ]]; then
                 run_case conn-excl-direct 1 "$rep" --pair=ping-direct
                 run_case conn-excl-direct 8 "$rep" --pair=ping-direct
+                if [[ -n "$redis_socket" ]]; then
+                        for clients in 1 8; do
+                                run_case conn-excl-direct "$clients" "$rep" --pair=redis
+                                run_case conn-excl-direct-nowait "$clients" "$rep" --pair=redis
+                        done
+                fi
         fi
         step "repetition $rep/$reps: handoff"
         run_scenario handoff --iterations="$handoff_iterations"
