@@ -3,10 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <grp.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -16,175 +13,47 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bus-test.h"
-
-#define DBUS_SERVICE "org.freedesktop.DBus"
-#define DBUS_PATH "/org/freedesktop/DBus"
-#define DBUS_INTERFACE "org.freedesktop.DBus"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 static int new_acquire_message(sd_bus *bus, const char *member, const char *resource, const TestAcquireOptions *o,
                                sd_bus_message **ret);
 
-/* --- Time, processes, files ---------------------------------------------- */
+/* --- Processes ---------------------------------------------------------------- */
 
-static uint64_t now_monotonic(void) {
-        struct timespec ts;
+uid_t test_second_uid(void) {
+        struct passwd *pw;
+        uid_t uid = 0;
 
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-}
-
-uint64_t test_now_realtime(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_REALTIME, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-}
-
-/* Milliseconds left until deadline (CLOCK_MONOTONIC µs), rounded up; fails
- * the test naming `what` once it has passed. */
-static int remaining_msec(uint64_t deadline, const char *what) {
-        uint64_t n = now_monotonic();
-
-        if (n >= deadline)
-                g_error("Timed out after %u s waiting for %s", TEST_TIMEOUT_USEC / 1000000U, what);
-        return (int) ((deadline - n + 999U) / 1000U);
-}
-
-/* -ESRCH if the process is already gone. */
-static int pidfd_open_one(pid_t pid) {
-        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
-
-        if (fd < 0) {
-                g_assert_cmpint(errno, ==, ESRCH);
-                return -ESRCH;
-        }
-        return fd;
+        setpwent();
+        while ((pw = getpwent()))
+                if (pw->pw_uid != 0 && pw->pw_uid != TEST_OTHER_UID && pw->pw_uid != getuid()) {
+                        uid = pw->pw_uid;
+                        break;
+                }
+        endpwent();
+        return uid;
 }
 
 /* Waits until the process (not necessarily our child) has exited. Returns
  * false if it did not within timeout_usec. */
 static bool wait_process_gone(pid_t pid, uint64_t timeout_usec) {
         _cleanup_close_ int pidfd = -1;
-        uint64_t deadline = now_monotonic() + timeout_usec;
 
-        pidfd = pidfd_open_one(pid);
+        pidfd = test_pidfd_open(pid);
         if (pidfd < 0)
                 return true;
-
-        for (;;) {
-                struct pollfd p = { .fd = pidfd, .events = POLLIN };
-                uint64_t n = now_monotonic();
-                int r;
-
-                if (n >= deadline)
-                        return false;
-                r = poll(&p, 1, (int) ((deadline - n + 999U) / 1000U));
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
-                if (r > 0)
-                        return true;
-        }
-}
-
-int test_pidfd_open(pid_t pid) {
-        int fd = pidfd_open_one(pid);
-
-        return fd < 0 ? -1 : fd;
+        return test_wait_readable(pidfd, test_now_monotonic() + timeout_usec);
 }
 
 void test_pidfd_wait_exit(int pidfd, const char *what) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
-
         g_assert_cmpint(pidfd, >=, 0);
-        for (;;) {
-                struct pollfd p = { .fd = pidfd, .events = POLLIN };
-                int r = poll(&p, 1, remaining_msec(deadline, what));
-
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
-                if (r > 0)
-                        return;
-        }
-}
-
-static int waitpid_one(pid_t pid) {
-        int status = 0;
-        pid_t r;
-
-        do
-                r = waitpid(pid, &status, 0);
-        while (r < 0 && errno == EINTR);
-        g_assert_cmpint(r, ==, pid);
-        return status;
-}
-
-static char *format_status(int status) {
-        if (WIFEXITED(status))
-                return g_strdup_printf("exited with status %d", WEXITSTATUS(status));
-        if (WIFSIGNALED(status))
-                return g_strdup_printf("killed by signal %s", strsignal(WTERMSIG(status)));
-        return g_strdup_printf("ended with wait status 0x%x", (unsigned) status);
-}
-
-static int rm_rf_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        (void) remove(path);
-        return 0;
-}
-
-static void rm_rf(const char *path) {
-        (void) nftw(path, rm_rf_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-}
-
-/* In a forked child: moves `keep` (if >= 0) to fd 3, closes every other fd
- * above 2 (so the child holds no copy of the test's bus sockets or pipes),
- * points stdin at /dev/null and stdout at stderr (stdout is the test's TAP
- * stream). Only async-signal-safe calls. */
-static void child_setup_fds(int keep) {
-        int null;
-
-        if (keep >= 0 && keep != 3) {
-                if (dup2(keep, 3) < 0)
-                        _exit(127);
-        } else if (keep == 3) {
-                /* dup2(3, 3) would keep O_CLOEXEC. */
-                if (fcntl(3, F_SETFD, 0) < 0)
-                        _exit(127);
-        }
-        (void) close_range(keep >= 0 ? 4 : 3, ~0U, 0);
-
-        null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
-                _exit(127);
-        if (null > STDERR_FILENO)
-                close(null);
-}
-
-/* As child_setup_fds(), keeping two fds: keep3 becomes fd 3, keep4 fd 4. */
-static void child_setup_fds_keeping_two(int keep3, int keep4) {
-        int a, b, null;
-
-        /* Out of the way first, so neither dup2() overwrites the other. */
-        a = fcntl(keep3, F_DUPFD, 100);
-        b = fcntl(keep4, F_DUPFD, 100);
-        if (a < 0 || b < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0)
-                _exit(127);
-        (void) close_range(5, ~0U, 0);
-
-        null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
-                _exit(127);
-        if (null > STDERR_FILENO)
-                close(null);
+        if (!test_wait_readable(pidfd, test_now_monotonic() + TEST_TIMEOUT_USEC))
+                g_error("Timed out waiting for %s", what);
 }
 
 /* Reads exactly n bytes; false at EOF or error. */
@@ -207,32 +76,24 @@ static bool read_full(int fd, void *buf, size_t n) {
  * process group to kill; 'q', all cleaned up, just exit. At EOF (the test
  * died) it kills the group, if it got one, and removes the dir. */
 static pid_t guardian_start(const char *dir, int *ret_fd) {
-        int p[2];
+        _cleanup_close_ int null = -1;
         pid_t pid;
+        int p[2];
 
         g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
-        fflush(stdout);
-        fflush(stderr);
-        pid = fork();
-        g_assert_cmpint(pid, >=, 0);
+        null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        g_assert_cmpint(null, >=, 0);
+        /* fd 3 is the read end; the write end is closed in the guardian,
+         * or it would never see EOF. */
+        pid = test_fork(&(TestChild) {
+                .pgid = TEST_PGID_NEW,
+                .keep_fds = { p[0] },
+                .stdin_fd = null,
+                .stdout_fd = null,
+                .stderr_fd = null,
+        });
         if (pid == 0) {
                 pid_t pgid = 0;
-                int null;
-
-                (void) setpgid(0, 0);
-                /* p[0] < p[1]: after this fd 3 is the read end and the
-                 * write end is closed, or we would never see EOF. */
-                if (p[0] != 3 && dup2(p[0], 3) < 0)
-                        _exit(1);
-                (void) close_range(4, ~0U, 0);
-                null = open("/dev/null", O_RDWR);
-                if (null >= 0) {
-                        (void) dup2(null, STDIN_FILENO);
-                        (void) dup2(null, STDOUT_FILENO);
-                        (void) dup2(null, STDERR_FILENO);
-                        if (null > STDERR_FILENO)
-                                close(null);
-                }
 
                 for (;;) {
                         char c;
@@ -246,7 +107,7 @@ static pid_t guardian_start(const char *dir, int *ret_fd) {
                 }
                 if (pgid > 0)
                         (void) kill(-pgid, SIGKILL);
-                rm_rf(dir);
+                test_rm_rf(dir);
                 _exit(0);
         }
 
@@ -266,182 +127,48 @@ static void guardian_send(TestBus *b, char c, const void *data, size_t size) {
         g_assert_cmpint(write(b->guardian_fd, buf, 1 + size), ==, (ssize_t) (1 + size));
 }
 
-static void write_file(const char *path, const char *contents) {
-        g_autoptr(GError) error = NULL;
-
-        if (!g_file_set_contents(path, contents, -1, &error))
-                g_error("Failed to write %s: %s", path, error->message);
-        g_assert_cmpint(chmod(path, 0644), ==, 0);
-}
-
-static char *read_file(const char *path) {
-        g_autoptr(GError) error = NULL;
-        char *contents = NULL;
-
-        if (!g_file_get_contents(path, &contents, NULL, &error))
-                g_error("Failed to read %s: %s", path, error->message);
-        return contents;
-}
-
 /* --- The bus -------------------------------------------------------------- */
 
-static const char *getenv_required(const char *name) {
-        const char *v = g_getenv(name);
-
-        if (!v || !*v)
-                g_error("$%s is not set: run the bus tests with meson test", name);
-        return v;
-}
-
 /* The daemon's command line, for the activation file and for direct
- * starts alike. */
-static GStrv daemon_argv(TestBus *b) {
-        GStrvBuilder *builder = g_strv_builder_new();
-        g_autofree char *lock = g_strconcat("--lock-directory=", b->lock_dir, NULL);
-        g_autofree char *runtime = g_strconcat("--runtime-directory=", b->runtime_dir, NULL);
-        GStrv argv;
-
-        g_strv_builder_add(builder, getenv_required("LOCKBUS_DAEMON"));
-        g_strv_builder_add(builder, lock);
-        g_strv_builder_add(builder, runtime);
-        /* No --idle-timeout unless a test asks for one: the default (30 s)
-         * never strikes within a test case, and an idle exit would be
-         * harmless (the next call activates it again). */
-        for (char **a = b->extra_args; a && *a; a++)
-                g_strv_builder_add(builder, *a);
-        argv = g_strv_builder_end(builder);
-        g_strv_builder_unref(builder);
-        return argv;
+ * starts alike. No --idle-timeout unless a test asks for one: the default
+ * (30 s) never strikes within a test case, and an idle exit would be
+ * harmless (the next call activates it again). */
+static char **daemon_argv(TestBus *b, const char *const *wrapper) {
+        return test_lockbusd_argv(wrapper, test_getenv_required("LOCKBUS_DAEMON"), b->lock_dir, b->runtime_dir,
+                                  (const char *const *) b->extra_args);
 }
 
-static void write_bus_config(TestBus *b) {
-        g_autofree char *policy_src = NULL, *policy = NULL, *path = NULL, *services = NULL,
-                *system_d = NULL, *exec = NULL, *service = NULL, *conf = NULL;
+static char *write_bus_config(TestBus *b) {
+        /* A daemon that never takes its name fails the call in 10 s rather
+         * than 25 s. */
+        static const TestBusLimit limits[] = {
+                { "service_start_timeout", TEST_TIMEOUT_USEC / 1000U },
+                {}
+        };
+        g_autofree char *services = g_build_filename(b->dir, "services", NULL);
         g_auto(GStrv) argv = NULL;
-        GString *s;
+        char *conf;
 
-        system_d = g_build_filename(b->dir, "system.d", NULL);
-        services = g_build_filename(b->dir, "services", NULL);
-        g_assert_cmpint(mkdir(system_d, 0755), ==, 0);
-        g_assert_cmpint(mkdir(services, 0755), ==, 0);
-
-        /* A copy of the real policy, so the real policy is what is tested. */
-        policy_src = g_build_filename(getenv_required("LOCKBUS_DBUS_DIR"), "io.lockbus1.conf", NULL);
-        policy = read_file(policy_src);
-        path = g_build_filename(system_d, "io.lockbus1.conf", NULL);
-        write_file(path, policy);
-        g_clear_pointer(&path, g_free);
+        conf = test_bus_write_config(&(TestBusConfig) {
+                .dir = b->dir,
+                .dbus_dir = test_getenv_required("LOCKBUS_DBUS_DIR"),
+                .service_dir = services,
+                .root_may_monitor = true,
+                .limits = limits,
+        });
 
         /* Without root, the real policy does not let us own the name:
          * a test-only file does, for our uid only. */
         if (getuid() != 0) {
-                struct passwd *pw = getpwuid(getuid());
-                g_autofree char *user = pw ? g_strdup(pw->pw_name) : g_strdup_printf("%u", (unsigned) getuid());
-                g_autofree char *test_policy = g_strdup_printf(
-                        "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
-                        " \"https://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-                        "<!-- Test only: the tests run lockbusd as this uid. -->\n"
-                        "<busconfig>\n"
-                        "  <policy user=\"%s\">\n"
-                        "    <allow own=\"" LOCKBUS_BUS_NAME "\"/>\n"
-                        "  </policy>\n"
-                        "</busconfig>\n", user);
+                g_autofree char *path = g_build_filename(b->dir, "system.d", "zz-test-owner.conf", NULL);
 
-                path = g_build_filename(system_d, "zz-test-owner.conf", NULL);
-                write_file(path, test_policy);
-                g_clear_pointer(&path, g_free);
+                test_bus_write_user_policy(path, "the tests run lockbusd as this uid.",
+                                           "<allow own=\"" LOCKBUS_BUS_NAME "\"/>");
         }
 
-        /* The activation file. User= and SystemdService= are left out: a
-         * private bus runs services as its own uid and has no systemd. */
-        argv = daemon_argv(b);
-        s = g_string_new(NULL);
-        for (char **a = argv; *a; a++) {
-                g_autofree char *q = g_shell_quote(*a);
-
-                if (s->len > 0)
-                        g_string_append_c(s, ' ');
-                g_string_append(s, q);
-        }
-        exec = g_string_free(s, false);
-        service = g_strdup_printf("[D-BUS Service]\n"
-                                  "Name=" LOCKBUS_BUS_NAME "\n"
-                                  "Exec=%s\n", exec);
-        path = g_build_filename(services, LOCKBUS_BUS_NAME ".service", NULL);
-        write_file(path, service);
-        g_clear_pointer(&path, g_free);
-
-        /* Like Debian's system.conf, minus <user>, <fork/>, <servicehelper>,
-         * pid file and syslog. */
-        conf = g_strdup_printf(
-                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
-                " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-                "<busconfig>\n"
-                "  <type>system</type>\n"
-                "  <listen>unix:path=%s/bus.sock</listen>\n"
-                "  <auth>EXTERNAL</auth>\n"
-                "  <servicedir>%s</servicedir>\n"
-                "  <policy context=\"default\">\n"
-                "    <allow user=\"*\"/>\n"
-                "    <deny own=\"*\"/>\n"
-                "    <deny send_type=\"method_call\"/>\n"
-                "    <allow send_type=\"signal\"/>\n"
-                "    <allow send_requested_reply=\"true\" send_type=\"method_return\"/>\n"
-                "    <allow send_requested_reply=\"true\" send_type=\"error\"/>\n"
-                "    <allow receive_type=\"method_call\"/>\n"
-                "    <allow receive_type=\"method_return\"/>\n"
-                "    <allow receive_type=\"error\"/>\n"
-                "    <allow receive_type=\"signal\"/>\n"
-                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus\"/>\n"
-                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Introspectable\"/>\n"
-                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Properties\"/>\n"
-                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus\" send_member=\"UpdateActivationEnvironment\"/>\n"
-                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Debug.Stats\"/>\n"
-                "    <deny send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.systemd1.Activator\"/>\n"
-                "  </policy>\n"
-                "  <policy user=\"root\">\n"
-                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Monitoring\"/>\n"
-                "  </policy>\n"
-                /* A daemon that never takes its name fails the call in
-                 * 10 s rather than 25 s. */
-                "  <limit name=\"service_start_timeout\">%u</limit>\n"
-                "  <includedir>%s</includedir>\n"
-                "</busconfig>\n",
-                b->dir, services, TEST_TIMEOUT_USEC / 1000U, system_d);
-        path = g_build_filename(b->dir, "bus.conf", NULL);
-        write_file(path, conf);
-}
-
-static char *read_address(int fd, pid_t bus_pid) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
-        GString *s = g_string_new(NULL);
-
-        while (!strchr(s->str, '\n')) {
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                char buf[256];
-                ssize_t n;
-                int r;
-
-                r = poll(&p, 1, remaining_msec(deadline, "the bus address from dbus-daemon"));
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
-                if (r == 0)
-                        continue;
-                n = read(fd, buf, sizeof(buf));
-                if (n < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(n, >=, 0);
-                if (n == 0) {
-                        g_autofree char *st = format_status(waitpid_one(bus_pid));
-
-                        g_error("dbus-daemon %s before printing its address (see its output above)", st);
-                }
-                g_string_append_len(s, buf, n);
-        }
-
-        g_strchomp(s->str);
-        return g_string_free(s, false);
+        argv = daemon_argv(b, NULL);
+        test_bus_write_activation_file(services, LOCKBUS_BUS_NAME, (const char *const *) argv);
+        return conf;
 }
 
 TestBus *test_bus_new(void) {
@@ -449,14 +176,9 @@ TestBus *test_bus_new(void) {
 }
 
 TestBus *test_bus_new_with_args(const char *const *extra_args) {
-        g_autoptr(GError) error = NULL;
-        g_autofree char *dbus_daemon = NULL, *conf = NULL, *config_arg = NULL;
+        g_autofree char *conf = NULL;
         TestBus *b;
-        int p[2];
-
-        dbus_daemon = g_find_program_in_path("dbus-daemon");
-        if (!dbus_daemon)
-                g_error("dbus-daemon not found in $PATH");
+        int fd;
 
         /* Processes orphaned in the bus's group (the daemon dbus-daemon
          * activated, its babysitter) become ours, so test_bus_free() reaps
@@ -465,48 +187,25 @@ TestBus *test_bus_new_with_args(const char *const *extra_args) {
 
         b = g_new0(TestBus, 1);
         b->guardian_fd = -1;
-        b->dir = g_dir_make_tmp("lockbus-test-XXXXXX", &error);
-        if (!b->dir)
-                g_error("Failed to make a temp dir: %s", error->message);
+        b->dir = test_make_tmp_dir("lockbus-test-XXXXXX");
         b->guardian_pid = guardian_start(b->dir, &b->guardian_fd);
-        /* Other uids must reach the socket (mkdtemp gives 0700). */
-        g_assert_cmpint(chmod(b->dir, 0755), ==, 0);
         b->lock_dir = g_build_filename(b->dir, "lib", NULL);
         b->runtime_dir = g_build_filename(b->dir, "run", NULL);
         b->extra_args = extra_args ? g_strdupv((char **) extra_args) : NULL;
 
-        write_bus_config(b);
-        conf = g_build_filename(b->dir, "bus.conf", NULL);
-        config_arg = g_strconcat("--config-file=", conf, NULL);
-
-        g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
-        fflush(stdout);
-        fflush(stderr);
-        b->bus_pid = fork();
-        g_assert_cmpint(b->bus_pid, >=, 0);
-        if (b->bus_pid == 0) {
-                (void) setpgid(0, 0);
-                child_setup_fds(p[1]);
-                execl(dbus_daemon, "dbus-daemon", config_arg, "--nofork", "--print-address=3", (char *) NULL);
-                _exit(127);
-        }
-        /* Both sides set the group, so it is set whoever runs first. */
-        (void) setpgid(b->bus_pid, b->bus_pid);
-        close(p[1]);
-
+        conf = write_bus_config(b);
+        b->bus_pid = test_dbus_daemon_spawn(conf, TEST_PGID_NEW, /* die_with_parent= */ false, &fd);
+        /* Before the wait: if the test dies in it, the guardian kills it. */
         guardian_send(b, 'p', &b->bus_pid, sizeof(b->bus_pid));
-
-        b->address = read_address(p[0], b->bus_pid);
-        close(p[0]);
+        b->address = test_dbus_daemon_read_address(fd, b->bus_pid, TEST_TIMEOUT_USEC);
         return b;
 }
 
-static void bus_process_until(sd_bus *bus, const bool *done, int pidfd, const char *what) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+void test_bus_process_until(sd_bus *bus, const bool *done, int pidfd, const char *what) {
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         for (;;) {
                 struct pollfd p[2];
-                uint64_t bus_timeout;
                 int r, n_fds = 1, msec;
 
                 for (;;) {
@@ -519,16 +218,7 @@ static void bus_process_until(sd_bus *bus, const bool *done, int pidfd, const ch
                                 break;
                 }
 
-                msec = remaining_msec(deadline, what);
-                r = sd_bus_get_timeout(bus, &bus_timeout);
-                g_assert_cmpint(r, >=, 0);
-                if (bus_timeout != UINT64_MAX) {
-                        uint64_t n = now_monotonic();
-                        int bus_msec = bus_timeout <= n ? 0 : (int) ((bus_timeout - n + 999U) / 1000U);
-
-                        msec = MIN(msec, bus_msec);
-                }
-
+                msec = test_bus_poll_msec(bus, test_remaining_msec(deadline, what));
                 p[0] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
                 if (pidfd >= 0)
                         p[n_fds++] = (struct pollfd) { .fd = pidfd, .events = POLLIN };
@@ -547,11 +237,7 @@ sd_bus *test_bus_connect(TestBus *b) {
         sd_bus *bus = NULL;
         int r;
 
-        g_assert_cmpint(sd_bus_new(&bus), >=, 0);
-        g_assert_cmpint(sd_bus_set_address(bus, b->address), >=, 0);
-        g_assert_cmpint(sd_bus_set_bus_client(bus, true), >=, 0);
-        g_assert_cmpint(sd_bus_set_method_call_timeout(bus, TEST_TIMEOUT_USEC), >=, 0);
-        r = sd_bus_start(bus);
+        r = test_bus_open(b->address, /* is_bus= */ true, TEST_TIMEOUT_USEC, &bus);
         if (r < 0)
                 g_error("Failed to connect to %s: %s", b->address, g_strerror(-r));
         return bus;
@@ -562,30 +248,10 @@ char *test_bus_direct_socket(TestBus *b) {
 }
 
 int test_direct_connect(const char *path, sd_bus **ret) {
-        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
-        g_autofree char *address = NULL;
-        int r;
-
         /* Test paths need no escaping: letters, digits, '-', '_', '.', '/'. */
-        address = g_strconcat("unix:path=", path, NULL);
-        r = sd_bus_new(&bus);
-        if (r < 0)
-                return r;
-        r = sd_bus_set_address(bus, address);
-        if (r < 0)
-                return r;
-        r = sd_bus_negotiate_fds(bus, true);
-        if (r < 0)
-                return r;
-        r = sd_bus_set_method_call_timeout(bus, TEST_TIMEOUT_USEC);
-        if (r < 0)
-                return r;
-        r = sd_bus_start(bus);
-        if (r < 0)
-                return r;
+        g_autofree char *address = g_strconcat("unix:path=", path, NULL);
 
-        *ret = TAKE_PTR(bus);
-        return 0;
+        return test_bus_open(address, /* is_bus= */ false, TEST_TIMEOUT_USEC, ret);
 }
 
 sd_bus *test_bus_connect_direct(TestBus *b) {
@@ -629,26 +295,19 @@ static int name_watch_handler(sd_bus_message *m, void *userdata, sd_bus_error *r
 }
 
 TestNameWatch *test_bus_watch_name(sd_bus *bus, const char *name) {
-        g_autofree char *rule = NULL;
         TestNameWatch *w;
-        int r;
 
         w = g_new0(TestNameWatch, 1);
         w->name = g_strdup(name);
         w->lost_by = g_ptr_array_new_with_free_func(g_free);
-        rule = g_strdup_printf("type='signal',sender='" DBUS_SERVICE "',path='" DBUS_PATH "',"
-                               "interface='" DBUS_INTERFACE "',member='NameOwnerChanged',arg0='%s'", name);
-        /* Synchronous: once it returns, the bus has the rule. */
-        r = sd_bus_add_match(bus, &w->slot, rule, name_watch_handler, w);
-        if (r < 0)
-                g_error("Failed to add match %s: %s", rule, g_strerror(-r));
+        w->slot = test_bus_match_name_owner_changed(bus, name, name_watch_handler, w);
         return w;
 }
 
 void test_name_watch_wait_gone(TestNameWatch *w) {
         g_autofree char *what = g_strdup_printf("'%s' to leave the bus", w->name);
 
-        bus_process_until(sd_bus_slot_get_bus(w->slot), &w->gone, -1, what);
+        test_bus_process_until(sd_bus_slot_get_bus(w->slot), &w->gone, -1, what);
 }
 
 unsigned test_name_watch_n_gone(const TestNameWatch *w) {
@@ -667,7 +326,7 @@ void test_name_watch_wait_lost_by(TestNameWatch *w, const char *old_owner) {
         g_free(w->wait_owner);
         w->wait_owner = g_strdup(old_owner);
         w->wait_done = false;
-        bus_process_until(sd_bus_slot_get_bus(w->slot), &w->wait_done, -1, what);
+        test_bus_process_until(sd_bus_slot_get_bus(w->slot), &w->wait_done, -1, what);
         g_clear_pointer(&w->wait_owner, g_free);
 }
 
@@ -695,6 +354,14 @@ void test_bus_sync(sd_bus *bus) {
         g_assert_cmpint(r, ==, 0);
 }
 
+void test_bus_reload_config(sd_bus *bus) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "ReloadConfig", &error, NULL, NULL);
+        assert_call_ok(r, &error);
+}
+
 void test_bus_disconnect(sd_bus *observer, sd_bus *client) {
         g_autoptr(TestNameWatch) w = NULL;
         const char *unique;
@@ -706,20 +373,7 @@ void test_bus_disconnect(sd_bus *observer, sd_bus *client) {
 }
 
 pid_t test_bus_daemon_pid(TestBus *b) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        uint32_t pid;
-        int r;
-
-        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetConnectionUnixProcessID",
-                               &error, &reply, "s", LOCKBUS_BUS_NAME);
-        if (sd_bus_error_has_name(&error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
-                return 0;
-        assert_call_ok(r, &error);
-        g_assert_cmpint(sd_bus_message_read(reply, "u", &pid), >=, 0);
-        g_assert_cmpuint(pid, >, 0);
-        return (pid_t) pid;
+        return test_bus_pid_of(b, LOCKBUS_BUS_NAME);
 }
 
 pid_t test_bus_pid_of(TestBus *b, const char *unique_name) {
@@ -741,18 +395,8 @@ pid_t test_bus_pid_of(TestBus *b, const char *unique_name) {
 
 char *test_bus_daemon_name(TestBus *b) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = test_bus_connect(b);
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        const char *owner;
-        int r;
 
-        r = sd_bus_call_method(bus, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "GetNameOwner",
-                               &error, &reply, "s", LOCKBUS_BUS_NAME);
-        if (sd_bus_error_has_name(&error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
-                return NULL;
-        assert_call_ok(r, &error);
-        g_assert_cmpint(sd_bus_message_read(reply, "s", &owner), >=, 0);
-        return g_strdup(owner);
+        return test_bus_get_name_owner(bus, LOCKBUS_BUS_NAME);
 }
 
 pid_t test_bus_activate_daemon(TestBus *b) {
@@ -766,11 +410,12 @@ pid_t test_bus_activate_daemon(TestBus *b) {
         return test_bus_daemon_pid(b);
 }
 
-void test_bus_start_daemon(TestBus *b) {
+bool test_bus_try_start_daemon(TestBus *b, const char *const *wrapper, int log_fd, int *ret_status) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         g_autoptr(TestNameWatch) w = NULL;
         _cleanup_close_ int pidfd = -1;
         g_auto(GStrv) argv = NULL, envp = NULL;
+        pid_t pid;
 
         g_assert_cmpint(test_bus_daemon_pid(b), ==, 0);
         g_assert_cmpint(b->daemon_pid, ==, 0);
@@ -778,31 +423,37 @@ void test_bus_start_daemon(TestBus *b) {
         bus = test_bus_connect(b);
         w = test_bus_watch_name(bus, LOCKBUS_BUS_NAME);
 
-        argv = daemon_argv(b);
-        envp = g_get_environ();
-        envp = g_environ_setenv(envp, "DBUS_SYSTEM_BUS_ADDRESS", b->address, true);
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_ADDRESS");
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_BUS_TYPE");
+        argv = daemon_argv(b, wrapper);
+        envp = test_lockbusd_environ(b->address);
+        /* Its stderr is a file, whatever ours is. */
+        if (log_fd >= 3)
+                envp = g_environ_unsetenv(envp, "JOURNAL_STREAM");
 
-        fflush(stdout);
-        fflush(stderr);
-        b->daemon_pid = fork();
-        g_assert_cmpint(b->daemon_pid, >=, 0);
-        if (b->daemon_pid == 0) {
-                (void) setpgid(0, b->bus_pid);
-                child_setup_fds(-1);
-                execve(argv[0], argv, envp);
-                _exit(127);
-        }
-        (void) setpgid(b->daemon_pid, b->bus_pid);
+        /* In the bus's group: the harness's cleanup (and its guardian)
+         * kill it with the group. */
+        pid = test_spawn(&(TestChild) {
+                                 .pgid = b->bus_pid,
+                                 .stdout_fd = log_fd,
+                                 .stderr_fd = log_fd,
+                         }, argv, envp);
 
-        pidfd = pidfd_open_one(b->daemon_pid);
-        if (pidfd >= 0)
-                bus_process_until(bus, &w->appeared, pidfd, "lockbusd to take " LOCKBUS_BUS_NAME);
+        pidfd = test_pidfd_open(pid);
+        g_assert_cmpint(pidfd, >=, 0);
+        test_bus_process_until(bus, &w->appeared, pidfd, "lockbusd to take " LOCKBUS_BUS_NAME);
         if (!w->appeared) {
-                g_autofree char *st = format_status(waitpid_one(b->daemon_pid));
+                *ret_status = test_waitpid(pid, 0);
+                return false;
+        }
+        b->daemon_pid = pid;
+        return true;
+}
 
-                b->daemon_pid = 0;
+void test_bus_start_daemon(TestBus *b) {
+        int status = 0;
+
+        if (!test_bus_try_start_daemon(b, NULL, -1, &status)) {
+                g_autofree char *st = test_format_wait_status(status);
+
                 g_error("lockbusd %s before taking " LOCKBUS_BUS_NAME " (see its output above)", st);
         }
 }
@@ -818,7 +469,7 @@ void test_bus_kill_daemon(TestBus *b) {
 
         g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
         if (pid == b->daemon_pid) {
-                int status = waitpid_one(pid);
+                int status = test_waitpid(pid, 0);
 
                 g_assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
                 b->daemon_pid = 0;
@@ -838,10 +489,10 @@ static void stop_lockbusd(TestBus *b) {
                 (void) kill(pid, SIGKILL);
         }
         if (b->daemon_pid > 0) {
-                int status = waitpid_one(b->daemon_pid);
+                int status = test_waitpid(b->daemon_pid, 0);
 
                 if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                        g_autofree char *st = format_status(status);
+                        g_autofree char *st = test_format_wait_status(status);
 
                         g_test_message("lockbusd (pid %d) %s on SIGTERM", (int) b->daemon_pid, st);
                 }
@@ -876,13 +527,13 @@ void test_bus_free(TestBus *b) {
                 }
         }
         if (b->dir)
-                rm_rf(b->dir);
+                test_rm_rf(b->dir);
         if (b->guardian_fd >= 0) {
                 guardian_send(b, 'q', NULL, 0);
                 close(b->guardian_fd);
         }
         if (b->guardian_pid > 0)
-                (void) waitpid_one(b->guardian_pid);
+                (void) test_waitpid(b->guardian_pid, 0);
 
         g_free(b->dir);
         g_free(b->lock_dir);
@@ -937,37 +588,24 @@ GPtrArray *test_list_tree(const char *root, const char *const *skip) {
 
 /* --- Client processes ------------------------------------------------------ */
 
-static int client_main(const char *address, bool direct, pid_t pgid, uid_t uid, const char *comm, int fd,
-                       TestClientFunc func, void *userdata) {
+/* In the child, fd 3 its end of the socketpair. */
+static int client_main(const char *address, bool direct, uid_t uid, const char *comm, TestClientFunc func,
+                       void *userdata) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        int r;
+        int fd = 3, r;
 
-        (void) setpgid(0, pgid);
-        child_setup_fds(fd);
-        fd = 3;
-
-        if (uid != geteuid()) {
-                gid_t gid = (gid_t) uid;
-
-                if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) {
-                        test_client_send(fd, "error setup: failed to become uid %u: %s",
-                                         (unsigned) uid, g_strerror(errno));
-                        return 2;
-                }
+        r = test_become_uid(uid);
+        if (r < 0) {
+                test_client_send(fd, "error setup: failed to become uid %u: %s", (unsigned) uid, g_strerror(-r));
+                return 2;
         }
         if (comm)
                 (void) prctl(PR_SET_NAME, comm);
 
         if (direct)
                 r = test_direct_connect(address, &bus);
-        else if (sd_bus_new(&bus) < 0 ||
-                 sd_bus_set_address(bus, address) < 0 ||
-                 sd_bus_set_bus_client(bus, true) < 0 ||
-                 sd_bus_set_method_call_timeout(bus, TEST_TIMEOUT_USEC) < 0) {
-                test_client_send(fd, "error setup: failed to allocate a bus");
-                return 2;
-        } else
-                r = sd_bus_start(bus);
+        else
+                r = test_bus_open(address, /* is_bus= */ true, TEST_TIMEOUT_USEC, &bus);
         if (r < 0) {
                 test_client_send(fd, "error setup: failed to connect: %s", g_strerror(-r));
                 return 2;
@@ -976,9 +614,10 @@ static int client_main(const char *address, bool direct, pid_t pgid, uid_t uid, 
         return func(bus, fd, userdata);
 }
 
-/* address: the bus's, or for a direct connection the socket's path. */
-static TestClient *client_start(TestBus *b, const char *address, bool direct, uid_t uid, const char *comm,
-                                TestClientFunc func, void *userdata) {
+/* Forks a client process in the bus's group: c->pid is 0 in the child,
+ * where fd 3 is its end of the socketpair and fd 4 a copy of keep_fd (if
+ * >= 3). */
+static TestClient *client_fork(TestBus *b, int keep_fd) {
         TestClient *c;
         int sv[2];
 
@@ -987,18 +626,24 @@ static TestClient *client_start(TestBus *b, const char *address, bool direct, ui
         c = g_new0(TestClient, 1);
         c->buffer = g_string_new(NULL);
         c->replies = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-        fflush(stdout);
-        fflush(stderr);
-        c->pid = fork();
-        g_assert_cmpint(c->pid, >=, 0);
+        c->pid = test_fork(&(TestChild) { .pgid = b->bus_pid, .keep_fds = { sv[1], keep_fd } });
+        if (c->pid == 0)
+                return c;
+
+        close(sv[1]);
+        c->fd = sv[0];
+        return c;
+}
+
+/* address: the bus's, or for a direct connection the socket's path. */
+static TestClient *client_start(TestBus *b, const char *address, bool direct, uid_t uid, const char *comm,
+                                TestClientFunc func, void *userdata) {
+        TestClient *c = client_fork(b, -1);
+
         if (c->pid == 0)
                 /* _exit(): no atexit handlers, no flushing of the test's
                  * stdio buffers a second time. */
-                _exit(client_main(address, direct, b->bus_pid, uid, comm, sv[1], func, userdata));
-
-        (void) setpgid(c->pid, b->bus_pid);
-        close(sv[1]);
-        c->fd = sv[0];
+                _exit(client_main(address, direct, uid, comm, func, userdata));
         return c;
 }
 
@@ -1015,7 +660,7 @@ TestClient *test_client_start_direct(TestBus *b, uid_t uid, const char *comm, Te
 }
 
 char *test_client_read_line(TestClient *c) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         for (;;) {
                 const char *nl = memchr(c->buffer->str, '\n', c->buffer->len);
@@ -1042,7 +687,7 @@ char *test_client_read_line(TestClient *c) {
                 }
 
                 p = (struct pollfd) { .fd = c->fd, .events = POLLIN };
-                r = poll(&p, 1, remaining_msec(deadline, "a line from a client process"));
+                r = poll(&p, 1, test_remaining_msec(deadline, "a line from a client process"));
                 if (r < 0 && errno == EINTR)
                         continue;
                 g_assert_cmpint(r, >=, 0);
@@ -1070,9 +715,9 @@ void test_client_wait(TestClient *c) {
         g_assert_cmpint(c->pid, >, 0);
         if (!wait_process_gone(c->pid, TEST_TIMEOUT_USEC))
                 g_error("Client process %d did not exit in time", (int) c->pid);
-        status = waitpid_one(c->pid);
+        status = test_waitpid(c->pid, 0);
         c->pid = 0;
-        st = format_status(status);
+        st = test_format_wait_status(status);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
                 g_error("Client process %s", st);
 }
@@ -1080,19 +725,15 @@ void test_client_wait(TestClient *c) {
 void test_client_kill(TestClient *c) {
         g_assert_cmpint(c->pid, >, 0);
         g_assert_cmpint(kill(c->pid, SIGKILL), ==, 0);
-        (void) waitpid_one(c->pid);
+        (void) test_waitpid(c->pid, 0);
         c->pid = 0;
 }
 
 void test_client_free(TestClient *c) {
         if (!c)
                 return;
-        if (c->pid > 0) {
-                (void) kill(c->pid, SIGKILL);
-                /* Not waitpid_one(): test_bus_free() may have reaped it. */
-                while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
-        }
+        if (c->pid > 0)
+                test_kill_wait(c->pid);
         if (c->fd >= 0)
                 close(c->fd);
         if (c->buffer)
@@ -1104,34 +745,14 @@ void test_client_free(TestClient *c) {
 
 TestClient *test_client_start_holding_fd(TestBus *b, int fd) {
         TestClient *c;
-        int sv[2];
 
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-
-        c = g_new0(TestClient, 1);
-        c->buffer = g_string_new(NULL);
-        c->replies = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-        fflush(stdout);
-        fflush(stderr);
-        c->pid = fork();
-        g_assert_cmpint(c->pid, >=, 0);
+        g_assert_cmpint(fd, >=, 3);
+        c = client_fork(b, fd);
         if (c->pid == 0) {
-                char buf[64];
-                ssize_t n;
-
-                (void) setpgid(0, b->bus_pid);
-                child_setup_fds_keeping_two(sv[1], fd);
                 /* fd 4 is the copy we keep; EOF on fd 3 ends us. */
-                do
-                        n = read(3, buf, sizeof(buf));
-                while (n > 0 || (n < 0 && errno == EINTR));
+                test_client_block(3);
                 _exit(0);
         }
-
-        (void) setpgid(c->pid, b->bus_pid);
-        close(sv[1]);
-        c->fd = sv[0];
         return c;
 }
 
@@ -1204,12 +825,15 @@ typedef struct ServeCall {
 static int serve_reply_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         ServeCall *sc = userdata;
         const sd_bus_error *e = sd_bus_message_get_error(m);
+        const char *signature = sd_bus_message_get_signature(m, true);
         g_autofree char *result = NULL;
         uint64_t token;
 
         if (e)
                 result = test_format_result(-(sd_bus_error_get_errno(e) ?: EIO), e);
-        else if (sd_bus_message_read(m, "t", &token) <= 0)
+        else if (streq(signature, ""))
+                result = g_strdup("ok");
+        else if (!streq(signature, "t") || sd_bus_message_read(m, "t", &token) <= 0)
                 result = g_strdup("error errno: unexpected reply");
         else
                 result = g_strdup_printf("ok %" PRIu64, token);
@@ -1218,6 +842,24 @@ static int serve_reply_handler(sd_bus_message *m, void *userdata, sd_bus_error *
         g_free(sc->id);
         g_free(sc);
         return 0;
+}
+
+int test_client_call_async(sd_bus *bus, int fd, const char *id, sd_bus_message *m) {
+        ServeCall *sc;
+        int r;
+
+        sc = g_new0(ServeCall, 1);
+        sc->fd = fd;
+        sc->id = g_strdup(id);
+        r = sd_bus_call_async(bus, NULL, m, serve_reply_handler, sc, 0);
+        if (r < 0) {
+                /* Not queued: the handler never runs. */
+                g_free(sc->id);
+                g_free(sc);
+                return r;
+        }
+        /* Written now, not at the next dispatch. */
+        return sd_bus_flush(bus);
 }
 
 /* Fills o from words "key=value"; false (with *ret_bad) on a word it does
@@ -1296,23 +938,15 @@ static char *serve_command(sd_bus *bus, int fd, const char *line) {
         }
         if (g_str_equal(words[0], "Start") && words[2]) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-                ServeCall *sc;
                 uint32_t count = 0;
 
                 if (!serve_parse_options(words + 3, &o, &bad))
                         return g_strdup_printf("error test: bad option '%s'", bad);
                 r = new_acquire_message(bus, "Acquire", words[2], &o, &m);
+                if (r >= 0)
+                        r = test_client_call_async(bus, fd, words[1], m);
                 if (r < 0)
                         return test_format_result(r, NULL);
-                sc = g_new0(ServeCall, 1);
-                sc->fd = fd;
-                sc->id = g_strdup(words[1]);
-                r = sd_bus_call_async(bus, NULL, m, serve_reply_handler, sc, 0);
-                if (r < 0) {
-                        g_free(sc->id);
-                        g_free(sc);
-                        return test_format_result(r, NULL);
-                }
                 /* Read by the daemon after the Acquire (see bus-test.h). */
                 r = sd_bus_get_property_trivial(bus, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
                                                 LOCKBUS_MANAGER_IFACE, "WaiterCount", &error, 'u', &count);
@@ -1322,15 +956,18 @@ static char *serve_command(sd_bus *bus, int fd, const char *line) {
 }
 
 int test_client_serve(sd_bus *bus, int fd, void *userdata) {
+        return test_client_serve_with(bus, fd, serve_command);
+}
+
+int test_client_serve_with(sd_bus *bus, int fd, TestClientCommandFunc command) {
         g_autoptr(GString) in = g_string_new(NULL);
 
         for (;;) {
                 struct pollfd p[2];
-                uint64_t timeout;
                 char buf[4096], *nl;
                 bool handled = false;
                 ssize_t n;
-                int r, msec = -1;
+                int r;
 
                 /* Dispatch what came in, e.g. replies of Start calls,
                  * also those a synchronous call queued. */
@@ -1346,21 +983,18 @@ int test_client_serve(sd_bus *bus, int fd, void *userdata) {
                         g_autofree char *line = g_strndup(in->str, nl - in->str), *result = NULL;
 
                         g_string_erase(in, 0, nl - in->str + 1);
-                        result = serve_command(bus, fd, line);
+                        result = command(bus, fd, line);
                         test_client_send(fd, "= %s", result);
                         handled = true;
                 }
                 if (handled)
                         continue;
 
-                if (sd_bus_get_timeout(bus, &timeout) >= 0 && timeout != UINT64_MAX) {
-                        uint64_t now = now_monotonic();
-
-                        msec = timeout <= now ? 0 : (int) MIN((timeout - now + 999U) / 1000U, (uint64_t) INT_MAX);
-                }
+                /* Calls have the connection's timeout: sd_bus_process()
+                 * fails an expired one. */
                 p[0] = (struct pollfd) { .fd = fd, .events = POLLIN };
                 p[1] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
-                r = poll(p, 2, msec);
+                r = poll(p, 2, test_bus_poll_msec(bus, -1));
                 if (r < 0 && errno != EINTR)
                         return 2;
                 if (r <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -1957,7 +1591,7 @@ TestCall *test_acquire_fd_async(sd_bus *bus, const char *resource, const TestAcq
 void test_call_wait(TestCall *c) {
         g_autofree char *what = g_strdup_printf("the reply to %s", c->what);
 
-        bus_process_until(c->bus, &c->done, -1, what);
+        test_bus_process_until(c->bus, &c->done, -1, what);
 }
 
 bool test_call_poll(TestCall *c) {
@@ -2058,7 +1692,7 @@ void test_call_free(TestCall *c) {
 }
 
 char *test_get_comm(void) {
-        g_autofree char *comm = read_file("/proc/self/comm");
+        g_autofree char *comm = test_read_file("/proc/self/comm");
 
         return g_strdup(g_strchomp(comm));
 }

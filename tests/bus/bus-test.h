@@ -5,10 +5,12 @@
  *
  * test_bus_new() makes a 0755 temp dir DIR and starts
  *   dbus-daemon --config-file=DIR/bus.conf --nofork --print-address=FD
- * with <type>system</type>, unix:path=DIR/bus.sock, EXTERNAL auth, a
- * default policy like Debian's system.conf, <includedir>DIR/system.d</>
- * holding a copy of the project's own dbus/io.lockbus1.conf (plus, when not
- * root, a test-only file letting the current uid own io.lockbus1), and
+ * with the configuration of tests/common/test-bus.h (<type>system</type>,
+ * unix:path=DIR/bus.sock, EXTERNAL auth, a default policy like Debian's
+ * system.conf, <includedir>DIR/system.d</> holding a copy of the project's
+ * own dbus/io.lockbus1.conf), here with root's access to Monitoring, a
+ * service_start_timeout of TEST_TIMEOUT_USEC, when not root a test-only
+ * file letting the current uid own io.lockbus1, and
  * <servicedir>DIR/services</> with an activation file whose Exec= is the
  * build tree's lockbusd:
  *   lockbusd --lock-directory=DIR/lib --runtime-directory=DIR/run
@@ -45,12 +47,18 @@
 
 #include "lockbus-names.h"
 #include "macro.h"
+#include "test-bus.h"
 
 /* Upper bound of any single wait; reaching it fails the test. */
 #define TEST_TIMEOUT_USEC (10U * 1000U * 1000U)
 
 /* The unprivileged identity used for "another user" (nobody/nogroup). */
 #define TEST_OTHER_UID ((uid_t) 65534)
+
+/* A second one for "other users are unaffected": an account (dbus-daemon
+ * refuses a uid without a passwd entry, so an arbitrary number will not
+ * do) other than root, TEST_OTHER_UID and ours; 0 if there is none. */
+uid_t test_second_uid(void);
 
 typedef struct TestBus {
         char *dir;              /* 0755, removed by test_bus_free() */
@@ -94,6 +102,12 @@ sd_bus *test_bus_connect_direct(TestBus *b);
  * arguments and returns once it owns io.lockbus1 (fails if it exits
  * first). Asserts that nobody owns the name before. */
 void test_bus_start_daemon(TestBus *b);
+/* The same, with `wrapper` (NULL-terminated, may be NULL; e.g. a setpriv
+ * command line ending in "--") put before lockbusd's command line, and
+ * with its stdout and stderr on log_fd if >= 3. Returns true once it owns
+ * io.lockbus1 (b->daemon_pid is set), false if it exited first, with its
+ * wait status in *ret_status. */
+bool test_bus_try_start_daemon(TestBus *b, const char *const *wrapper, int log_fd, int *ret_status);
 
 /* PID of the current owner of io.lockbus1, 0 if none. Does not activate. */
 pid_t test_bus_daemon_pid(TestBus *b);
@@ -105,11 +119,8 @@ char *test_bus_daemon_name(TestBus *b);
 /* PID of the process behind a unique name, 0 if the name is gone. */
 pid_t test_bus_pid_of(TestBus *b, const char *unique_name);
 
-/* A pidfd (O_CLOEXEC) for a running process, -1 if it is gone already:
- * open it while something keeps the process alive, so the PID cannot have
- * been reused. test_pidfd_wait_exit() waits until that process has exited
- * (at most TEST_TIMEOUT_USEC; `what` names it in the failure). */
-int test_pidfd_open(pid_t pid);
+/* Waits until the process of a pidfd (test_pidfd_open()) has exited, at
+ * most TEST_TIMEOUT_USEC; `what` names it in the failure. */
 void test_pidfd_wait_exit(int pidfd, const char *what);
 
 /* Makes sure lockbusd runs (activating it with a Peer.Ping) and returns
@@ -140,6 +151,16 @@ void test_name_watch_wait_lost_by(TestNameWatch *w, const char *old_owner);
  * arrived before its reply: every signal the bus queued for `bus` before
  * it answered has been handled when this returns. */
 void test_bus_sync(sd_bus *bus);
+
+/* Dispatches `bus` until *done, or until pidfd (if >= 0) is readable (the
+ * process died: the caller says what that means); fails the test after
+ * TEST_TIMEOUT_USEC. */
+void test_bus_process_until(sd_bus *bus, const bool *done, int pidfd, const char *what);
+
+/* org.freedesktop.DBus.ReloadConfig: answers once the bus's configuration
+ * as it is on disk now (e.g. a policy file added to DIR/system.d) is in
+ * force. */
+void test_bus_reload_config(sd_bus *bus);
 
 /* Closes a client connection and returns once the bus has processed the
  * disconnect (NameOwnerChanged seen on `observer`). */
@@ -218,6 +239,16 @@ void test_client_finish(TestClient *c);
  * While idle the client dispatches its bus, so replies of Start calls are
  * sent as soon as they arrive. It exits when c->fd is closed. */
 int test_client_serve(sd_bus *bus, int fd, void *userdata);
+/* The loop of test_client_serve() with another set of commands: command()
+ * turns a line into its result ("= RESULT" goes back); async replies may
+ * be sent from handlers with test_client_send(fd, "reply ID RESULT"). */
+typedef char *(*TestClientCommandFunc)(sd_bus *bus, int fd, const char *line);
+int test_client_serve_with(sd_bus *bus, int fd, TestClientCommandFunc command);
+/* Child side, for such commands: sends m without waiting; its reply goes
+ * to the parent as "reply ID RESULT" (test_client_wait_reply()), RESULT
+ * "ok", "ok TOKEN" for a reply of type "t", or the error. 0 or a negative
+ * errno. */
+int test_client_call_async(sd_bus *bus, int fd, const char *id, sd_bus_message *m);
 char *test_client_command(TestClient *c, const char *format, ...) _printf_(2, 3);
 char *test_client_wait_reply(TestClient *c, const char *id);
 /* Fails the test unless the command's result is `expected` exactly; for
@@ -352,8 +383,6 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestCall, test_call_free)
 
 /* The comm of this process (/proc/self/comm), as the daemon reports it. */
 char *test_get_comm(void);
-/* CLOCK_REALTIME in µs. */
-uint64_t test_now_realtime(void);
 
 /* Fails the test with the call's error unless r >= 0. */
 #define assert_call_ok(r, error)                                                \

@@ -27,7 +27,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bus-test.h"
@@ -49,13 +48,6 @@
 /* A wait that ends with Timeout rather than hanging the test when the
  * daemon never releases what it should. */
 #define WAIT_5S (&(TestAcquireOptions) { .has_timeout = true, .timeout = 5U * USEC_PER_SEC })
-
-static uint64_t now_monotonic(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000U;
-}
 
 static char *not_owner_message(const char *resource, uid_t holder, const char *verb, uid_t caller) {
         return g_strdup_printf("Resource '%s' locked by uid %u cannot be %s by uid %u",
@@ -827,11 +819,11 @@ static char *limit_child_raw(LimitChild *lc, const char *path) {
 }
 
 static char *limit_child_raw_closed(LimitChild *lc) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         for (;;) {
                 struct pollfd p = { .fd = lc->raw, .events = POLLIN };
-                uint64_t n = now_monotonic();
+                uint64_t n = test_now_monotonic();
                 char buf[256];
                 ssize_t k;
                 int r;
@@ -995,7 +987,7 @@ static int store_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_erro
 static int ping_within(sd_bus *bus, uint64_t usec, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
-        uint64_t deadline = now_monotonic() + usec;
+        uint64_t deadline = test_now_monotonic() + usec;
 
         g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH, PEER_IFACE,
                                                        "Ping"), >=, 0);
@@ -1018,7 +1010,7 @@ static int ping_within(sd_bus *bus, uint64_t usec, sd_bus_error *error) {
                 if (r > 0)
                         continue;
 
-                n = now_monotonic();
+                n = test_now_monotonic();
                 if (n >= deadline)
                         return 0;
                 g_assert_cmpint(sd_bus_get_timeout(bus, &until), >=, 0);
@@ -1176,7 +1168,7 @@ static void test_direct_stop(TestFixture *f, gconstpointer data) {
  * polling): at most TEST_TIMEOUT_USEC. */
 static void wait_file_gone(const char *path) {
         g_autofree char *dir = g_path_get_dirname(path);
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
         _cleanup_close_ int ifd = -1;
 
         ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
@@ -1193,7 +1185,7 @@ static void wait_file_gone(const char *path) {
                         g_assert_cmpint(errno, ==, ENOENT);
                         return;
                 }
-                n = now_monotonic();
+                n = test_now_monotonic();
                 if (n >= deadline)
                         g_error("Timed out waiting for %s to be removed", path);
                 r = poll(&p, 1, (int) ((deadline - n + 999U) / 1000U));

@@ -15,10 +15,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <pwd.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bus-test.h"
@@ -30,34 +28,10 @@
 
 #define WAIT_FOREVER(m) (&(TestAcquireOptions) { .mode = (m), .has_timeout = true, .timeout = UINT64_MAX })
 
-static uint64_t now_monotonic(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000U;
-}
-
 /* The uid of "another process" in tests that work either way: another user
  * when we are root, else ourselves. */
 static uid_t other_uid(void) {
         return geteuid() == 0 ? TEST_OTHER_UID : geteuid();
-}
-
-/* A second unprivileged uid for "other users are unaffected": any account
- * but root, TEST_OTHER_UID and ourselves (dbus-daemon refuses a uid without
- * a passwd entry, so an arbitrary number will not do). 0 if there is none. */
-static uid_t second_uid(void) {
-        struct passwd *pw;
-        uid_t uid = 0;
-
-        setpwent();
-        while ((pw = getpwent()))
-                if (pw->pw_uid != 0 && pw->pw_uid != TEST_OTHER_UID && pw->pw_uid != getuid()) {
-                        uid = pw->pw_uid;
-                        break;
-                }
-        endpwent();
-        return uid;
 }
 
 static char *already_locked_message(const char *resource, uid_t uid, pid_t pid, const char *comm) {
@@ -251,10 +225,10 @@ static void test_wait_timeout_short(TestFixture *f, gconstpointer data) {
         /* 200 ms on a held resource: Timeout, naming it and its holder. */
         th = test_acquire_ok(f->client, "db", &(TestAcquireOptions) { .mode = "shared" });
         message = timeout_message("db", getuid(), getpid(), f->comm);
-        start = now_monotonic();
+        start = test_now_monotonic();
         r = test_acquire(w, "db", &(TestAcquireOptions) { .has_timeout = true, .timeout = 200U * USEC_PER_MSEC },
                          NULL, &error);
-        elapsed = now_monotonic() - start;
+        elapsed = test_now_monotonic() - start;
         assert_call_error(r, &error, LOCKBUS_ERROR_TIMEOUT, message);
         sd_bus_error_free(&error);
         /* It did wait: our clock started before the daemon's. */
@@ -266,12 +240,12 @@ static void test_wait_timeout_short(TestFixture *f, gconstpointer data) {
          * they fit: S (shared) queued behind X (exclusive) while a shared
          * hold is there is granted when X gives up. (500 ms, so that S is
          * queued long before X's time is up.) */
-        start = now_monotonic();
+        start = test_now_monotonic();
         cx = queue_waiter(x, "db", &(TestAcquireOptions) { .has_timeout = true, .timeout = 500U * USEC_PER_MSEC }, 1);
         cs = queue_waiter(s, "db", WAIT_FOREVER("shared"), 2);
         assert_call_pending(cs);
         test_call_wait(cx);
-        elapsed = now_monotonic() - start;
+        elapsed = test_now_monotonic() - start;
         r = test_call_result(cx, &error);
         assert_call_error(r, &error, LOCKBUS_ERROR_TIMEOUT, message);
         g_assert_cmpuint(elapsed, >=, 500U * USEC_PER_MSEC);
@@ -445,7 +419,7 @@ static void test_quota_locks(TestFixture *f, gconstpointer data) {
         g_autoptr(TestNameWatch) watch = NULL;
         /* Without root the limited uid is our own; the parts about root
          * and other users need root. */
-        uid_t limited = other_uid(), uid2 = geteuid() == 0 ? second_uid() : 0;
+        uid_t limited = other_uid(), uid2 = geteuid() == 0 ? test_second_uid() : 0;
         g_autofree char *e_a4 = quota_result("a4", limited), *e_a5 = quota_result("a5", limited),
                 *e_a6 = quota_result("a6", limited), *unique = NULL;
         unsigned n_root = 0, n_second = 0;
@@ -517,7 +491,7 @@ static void test_quota_waiters(TestFixture *f, gconstpointer data) {
 
         if (test_skip_unless_root())
                 return;
-        uid2 = second_uid();
+        uid2 = test_second_uid();
 
         /* Connection holds: root's own waiters below would be re-entry
          * with a persistent hold of root. */
@@ -891,7 +865,7 @@ static void test_break_root(TestFixture *f, gconstpointer data) {
         n2 = start_served(f->bus, TEST_OTHER_UID, NULL);
         t1 = test_client_command_ok(n1, "Acquire db mode=shared");
         t2 = test_client_command_ok(n2, "Acquire db mode=shared");
-        uid2 = second_uid();
+        uid2 = test_second_uid();
         if (uid2 > 0) {
                 m = start_served(f->bus, uid2, NULL);
                 t3 = test_client_command_ok(m, "Acquire db mode=shared scope=persistent");
@@ -1193,7 +1167,7 @@ static int child_burst(sd_bus *bus, int fd, void *userdata) {
                 }
 
                 if (bc->wait_for_exit && batch + 1 < BURST_BATCHES) {
-                        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+                        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
                         unsigned seen;
 
                         /* What already came in counts as before. */
@@ -1201,7 +1175,7 @@ static int child_burst(sd_bus *bus, int fd, void *userdata) {
                                 ;
                         seen = n_lost;
                         while (r >= 0 && n_lost == seen) {
-                                uint64_t n = now_monotonic();
+                                uint64_t n = test_now_monotonic();
 
                                 if (n >= deadline) {
                                         test_client_send(fd, "batch %u: io.lockbus1 did not drop", batch);

@@ -2,73 +2,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <poll.h>
-#include <pwd.h>
-#include <signal.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli-test.h"
 
-static uint64_t now_monotonic(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-}
-
-/* Milliseconds left until deadline for poll(); fails the test when none. */
-static int remaining_msec(uint64_t deadline, const char *what) {
-        uint64_t n = now_monotonic();
-
-        if (n >= deadline)
-                g_error("Timed out waiting for %s", what);
-        return (int) MIN((deadline - n + 999U) / 1000U, (uint64_t) INT_MAX);
-}
-
-static const char *getenv_required(const char *name) {
-        const char *v = g_getenv(name);
-
-        if (!v || !*v)
-                g_error("$%s is not set: run the client tests with meson test", name);
-        return v;
-}
-
-static void write_file(const char *path, const char *contents) {
-        g_autoptr(GError) error = NULL;
-
-        if (!g_file_set_contents(path, contents, -1, &error))
-                g_error("Failed to write %s: %s", path, error->message);
-        g_assert_cmpint(chmod(path, 0644), ==, 0);
-}
-
-/* In a forked child: closes every fd from 3 up but `keep` (if >= 3). */
-static void close_fds_but(int keep) {
-        if (keep >= 3) {
-                if (keep > 3)
-                        (void) close_range(3, (unsigned) keep - 1, 0);
-                (void) close_range((unsigned) keep + 1, ~0U, 0);
-        } else
-                (void) close_range(3, ~0U, 0);
-}
-
 /* --- lockbusctl processes --------------------------------------------------- */
-
-static void copy_file(const char *from, const char *to, mode_t mode) {
-        g_autoptr(GError) error = NULL;
-        g_autofree char *contents = NULL;
-        gsize size = 0;
-
-        if (!g_file_get_contents(from, &contents, &size, &error) ||
-            !g_file_set_contents(to, contents, (gssize) size, &error))
-                g_error("Failed to copy %s to %s: %s", from, to, error->message);
-        g_assert_cmpint(chmod(to, mode), ==, 0);
-}
 
 /* The lockbusctl to run as `uid`. Another uid may not reach the build tree
  * (a clone below /root): it runs a copy in the test bus's directory (0755),
@@ -78,7 +20,7 @@ static char *ctl_path_for(TestBus *b, uid_t uid) {
         char *ctl;
 
         if (uid == 0 || uid == geteuid())
-                return g_strdup(getenv_required("LOCKBUS_CTL"));
+                return g_strdup(test_getenv_required("LOCKBUS_CTL"));
 
         dir = g_build_filename(b->dir, "bin", NULL);
         ctl = g_build_filename(dir, "lockbusctl", NULL);
@@ -86,8 +28,8 @@ static char *ctl_path_for(TestBus *b, uid_t uid) {
                 return ctl;
         g_assert_cmpint(mkdir(dir, 0755), ==, 0);
         library = g_build_filename(dir, "liblockbus.so.1", NULL);
-        copy_file(getenv_required("LOCKBUS_LIBRARY"), library, 0755);
-        copy_file(getenv_required("LOCKBUS_CTL"), ctl, 0755);
+        test_copy_file(test_getenv_required("LOCKBUS_LIBRARY"), library, 0755);
+        test_copy_file(test_getenv_required("LOCKBUS_CTL"), ctl, 0755);
         return ctl;
 }
 
@@ -139,35 +81,24 @@ CliProcess *cli_start(TestBus *b, const CliSpawn *s, const char *const *argv) {
         p->err = g_string_new(NULL);
         p->in_fd = -1;
 
-        fflush(stdout);
-        fflush(stderr);
-        p->pid = fork();
-        g_assert_cmpint(p->pid, >=, 0);
+        p->pid = test_fork(&(TestChild) {
+                .pgid = b->bus_pid,
+                .stdin_fd = in[0],
+                .stdout_fd = out[1],
+                .stderr_fd = err[1],
+        });
         if (p->pid == 0) {
-                int null;
+                if (s->leak_fd >= 3) {
+                        int null = open("/dev/null", O_RDONLY);
 
-                (void) setpgid(0, b->bus_pid);
-                null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                if (null < 0 ||
-                    dup2(s->keep_stdin ? in[0] : null, STDIN_FILENO) < 0 ||
-                    dup2(out[1], STDOUT_FILENO) < 0 ||
-                    dup2(err[1], STDERR_FILENO) < 0)
-                        _exit(127);
-                if (s->leak_fd >= 3 && dup2(null, s->leak_fd) < 0)
-                        _exit(127);
-                close_fds_but(s->leak_fd);
-
-                if (s->uid != 0 && s->uid != geteuid()) {
-                        gid_t gid = (gid_t) s->uid;
-
-                        if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
-                            setresuid(s->uid, s->uid, s->uid) < 0)
+                        if (null < 0 || (null != s->leak_fd && (dup2(null, s->leak_fd) < 0 || close(null) < 0)))
                                 _exit(127);
                 }
+                if (s->uid != 0 && test_become_uid(s->uid) < 0)
+                        _exit(127);
                 execve(ctl, (char **) args->pdata, env);
                 _exit(127);
         }
-        (void) setpgid(p->pid, b->bus_pid);
         close(out[1]);
         close(err[1]);
         p->out_fd = out[0];
@@ -201,7 +132,7 @@ static void cli_process_pump(CliProcess *p, uint64_t deadline, const char *what)
         if (n == 0)
                 return;
 
-        r = poll(fds, n, remaining_msec(deadline, what));
+        r = poll(fds, n, test_remaining_msec(deadline, what));
         if (r < 0 && errno == EINTR)
                 return;
         g_assert_cmpint(r, >=, 0);
@@ -225,7 +156,7 @@ static void cli_process_pump(CliProcess *p, uint64_t deadline, const char *what)
 }
 
 char *cli_process_read_line(CliProcess *p) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         for (;;) {
                 const char *start = p->out->str + p->out_read;
@@ -245,7 +176,7 @@ char *cli_process_read_line(CliProcess *p) {
 }
 
 void cli_process_wait_stderr(CliProcess *p, const char *needle) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
         g_autofree char *what = g_strdup_printf("\"%s\" on the stderr of lockbusctl", needle);
 
         while (!strstr(p->err->str, needle)) {
@@ -263,17 +194,13 @@ void cli_process_close_stdin(CliProcess *p) {
 }
 
 int cli_process_wait_status(CliProcess *p) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
-        pid_t r;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         g_assert_cmpint(p->pid, >, 0);
         while (p->out_fd >= 0 || p->err_fd >= 0)
                 cli_process_pump(p, deadline, "lockbusctl to close its output");
         test_pidfd_wait_exit(p->pidfd, "lockbusctl to exit");
-        do
-                r = waitpid(p->pid, &p->status, 0);
-        while (r < 0 && errno == EINTR);
-        g_assert_cmpint(r, ==, p->pid);
+        p->status = test_waitpid(p->pid, 0);
         p->pid = 0;
         return p->status;
 }
@@ -290,12 +217,8 @@ int cli_process_wait(CliProcess *p) {
 void cli_process_free(CliProcess *p) {
         if (!p)
                 return;
-        if (p->pid > 0) {
-                (void) kill(p->pid, SIGKILL);
-                /* test_bus_free() may have reaped it already. */
-                while (waitpid(p->pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
-        }
+        if (p->pid > 0)
+                test_kill_wait(p->pid);
         if (p->pidfd >= 0)
                 close(p->pidfd);
         if (p->in_fd >= 0)
@@ -346,32 +269,18 @@ struct CliCallWatch {
 
 CliCallWatch *cli_call_watch_new(TestBus *b) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        g_autofree char *path = NULL, *policy = NULL, *user = NULL;
+        g_autofree char *path = g_build_filename(b->dir, "system.d", "zz-test-monitor.conf", NULL);
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *c = NULL;
-        struct passwd *pw = getpwuid(geteuid());
         CliCallWatch *w;
         int r;
 
         /* Only root may call the Monitoring interface by the base policy;
          * the bus daemon itself lets its own uid become a monitor. */
-        user = pw ? g_strdup(pw->pw_name) : g_strdup_printf("%u", (unsigned) geteuid());
-        policy = g_strdup_printf(
-                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
-                " \"https://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-                "<!-- Test only: lets the test watch the calls to io.lockbus1. -->\n"
-                "<busconfig>\n"
-                "  <policy user=\"%s\">\n"
-                "    <allow send_destination=\"org.freedesktop.DBus\" send_interface=\"org.freedesktop.DBus.Monitoring\"/>\n"
-                "  </policy>\n"
-                "</busconfig>\n", user);
-        path = g_build_filename(b->dir, "system.d", "zz-test-monitor.conf", NULL);
-        write_file(path, policy);
-
-        /* ReloadConfig answers once the new policy is in force. */
+        test_bus_write_user_policy(path, "lets the test watch the calls to io.lockbus1.",
+                                   "<allow send_destination=\"org.freedesktop.DBus\" "
+                                   "send_interface=\"org.freedesktop.DBus.Monitoring\"/>");
         c = test_bus_connect(b);
-        r = sd_bus_call_method(c, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "ReloadConfig", &error, NULL, NULL);
-        assert_call_ok(r, &error);
+        test_bus_reload_config(c);
 
         w = g_new0(CliCallWatch, 1);
         g_assert_cmpint(sd_bus_new(&w->monitor), >=, 0);
@@ -390,7 +299,7 @@ CliCallWatch *cli_call_watch_new(TestBus *b) {
 
 void cli_call_watch_wait(CliCallWatch *w, const char *member, const char *resource, sd_bus *client) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
         g_autofree char *what = g_strdup_printf("a call of %s('%s')", member, resource);
         int r;
 
@@ -410,7 +319,7 @@ void cli_call_watch_wait(CliCallWatch *w, const char *member, const char *resour
                         continue;
 
                 p = (struct pollfd) { .fd = sd_bus_get_fd(w->monitor), .events = POLLIN };
-                r = poll(&p, 1, remaining_msec(deadline, what));
+                r = poll(&p, 1, test_remaining_msec(deadline, what));
                 if (r < 0 && errno == EINTR)
                         continue;
                 g_assert_cmpint(r, >=, 0);
@@ -430,43 +339,9 @@ void cli_call_watch_free(CliCallWatch *w) {
 
 /* --- A private session bus ------------------------------------------------------- */
 
-static char *read_address(int fd) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
-        GString *s = g_string_new(NULL);
-
-        while (!strchr(s->str, '\n')) {
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                char buf[256];
-                ssize_t n;
-                int r;
-
-                r = poll(&p, 1, remaining_msec(deadline, "the address of the session bus"));
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
-                if (r == 0)
-                        continue;
-                n = read(fd, buf, sizeof(buf));
-                if (n < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(n, >=, 0);
-                if (n == 0)
-                        g_error("The session dbus-daemon exited before printing its address (see its output above)");
-                g_string_append_len(s, buf, n);
-        }
-        g_strchomp(s->str);
-        return g_string_free(s, false);
-}
-
 CliSessionBus *cli_session_bus_new(TestBus *b, bool with_service) {
-        g_autofree char *services = NULL, *conf = NULL, *path = NULL, *config_arg = NULL, *dbus_daemon = NULL,
-                *runtime_dir = NULL;
+        g_autofree char *services = NULL, *conf = NULL, *path = NULL, *runtime_dir = NULL;
         CliSessionBus *s;
-        int p[2];
-
-        dbus_daemon = g_find_program_in_path("dbus-daemon");
-        if (!dbus_daemon)
-                g_error("dbus-daemon not found in $PATH");
 
         s = g_new0(CliSessionBus, 1);
         s->dir = g_build_filename(b->dir, "session", NULL);
@@ -477,18 +352,10 @@ CliSessionBus *cli_session_bus_new(TestBus *b, bool with_service) {
         g_assert_cmpint(mkdir(services, 0755), ==, 0);
 
         if (with_service) {
-                g_autofree char *q_daemon = g_shell_quote(getenv_required("LOCKBUS_DAEMON"));
-                g_autofree char *q_lock = g_shell_quote(s->lock_dir);
-                g_autofree char *q_run = g_shell_quote(runtime_dir);
-                g_autofree char *service = g_strdup_printf(
-                        "[D-BUS Service]\n"
-                        "Name=" LOCKBUS_BUS_NAME "\n"
-                        "Exec=%s --user --lock-directory=%s --runtime-directory=%s\n",
-                        q_daemon, q_lock, q_run);
+                g_auto(GStrv) argv = test_lockbusd_argv(NULL, test_getenv_required("LOCKBUS_DAEMON"), s->lock_dir,
+                                                        runtime_dir, (const char *const[]) { "--user", NULL });
 
-                path = g_build_filename(services, LOCKBUS_BUS_NAME ".service", NULL);
-                write_file(path, service);
-                g_clear_pointer(&path, g_free);
+                test_bus_write_activation_file(services, LOCKBUS_BUS_NAME, (const char *const *) argv);
         }
 
         /* Like a session bus: anyone (that is, we) may do anything. */
@@ -509,46 +376,21 @@ CliSessionBus *cli_session_bus_new(TestBus *b, bool with_service) {
                 "</busconfig>\n",
                 s->dir, services, TEST_TIMEOUT_USEC / 1000U);
         path = g_build_filename(s->dir, "bus.conf", NULL);
-        write_file(path, conf);
-        config_arg = g_strconcat("--config-file=", path, NULL);
+        test_write_file(path, conf);
 
-        g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
-        fflush(stdout);
-        fflush(stderr);
-        s->pid = fork();
-        g_assert_cmpint(s->pid, >=, 0);
-        if (s->pid == 0) {
-                int null;
-
-                /* The test bus's group: killed with it, also if we crash. */
-                (void) setpgid(0, b->bus_pid);
-                if (dup2(p[1], 3) < 0)
-                        _exit(127);
-                close_fds_but(3);
-                null = open("/dev/null", O_RDONLY);
-                /* stdout is the TAP stream. */
-                if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0)
-                        _exit(127);
-                execl(dbus_daemon, "dbus-daemon", config_arg, "--nofork", "--print-address=3", (char *) NULL);
-                _exit(127);
-        }
-        (void) setpgid(s->pid, b->bus_pid);
-        close(p[1]);
-        s->address = read_address(p[0]);
-        close(p[0]);
+        /* The test bus's group: killed with it, also if we crash. */
+        s->pid = test_dbus_daemon_start(path, b->bus_pid, /* die_with_parent= */ false, TEST_TIMEOUT_USEC,
+                                        &s->address);
         return s;
 }
 
 void cli_session_bus_free(CliSessionBus *s) {
         if (!s)
                 return;
-        if (s->pid > 0) {
-                /* lockbusd --user exits when its bus goes away; the test
-                 * bus's teardown reaps it (same process group). */
-                (void) kill(s->pid, SIGKILL);
-                while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
-        }
+        /* lockbusd --user exits when its bus goes away; the test bus's
+         * teardown reaps it (same process group). */
+        if (s->pid > 0)
+                test_kill_wait(s->pid);
         g_free(s->dir);
         g_free(s->lock_dir);
         g_free(s->address);

@@ -1,16 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <string.h>
-#include <time.h>
 
 #include "client-test.h"
-
-uint64_t client_test_now(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000U;
-}
 
 lockbus *client_test_open(TestFixture *f) {
         lockbus *l = NULL;
@@ -59,10 +51,10 @@ void client_test_assert_ok(lockbus *l, int r, const char *expr, const char *file
 }
 
 void client_test_run_until(sd_event *event, const unsigned *counter, unsigned target, const char *what) {
-        uint64_t deadline = client_test_now() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         while (*counter < target) {
-                uint64_t n = client_test_now();
+                uint64_t n = test_now_monotonic();
                 int r;
 
                 if (n >= deadline)

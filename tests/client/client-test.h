@@ -44,6 +44,3 @@ void client_test_run_idle(sd_event *event);
 /* "ok" or "ERRNO NAME: MESSAGE" (ERRNO the negative number), the way child
  * processes report a call of the library. */
 char *client_test_format_result(lockbus *l, int r);
-
-/* Microseconds of CLOCK_MONOTONIC. */
-uint64_t client_test_now(void);

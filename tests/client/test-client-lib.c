@@ -432,10 +432,10 @@ static void case_errors(TestFixture *f, gconstpointer data) {
         assert_lockbus_error(b, lockbus_refresh(b, "db", NULL), -EPERM, LOCKBUS_ERROR_NOT_OWNER, NULL);
 
         /* Timeout → ETIMEDOUT, from the service. */
-        t0 = client_test_now();
+        t0 = test_now_monotonic();
         assert_lockbus_error(b, lockbus_lock(b, "db", &(lockbus_options) { .timeout_usec = 200U * USEC_PER_MSEC },
                                              NULL), -ETIMEDOUT, LOCKBUS_ERROR_TIMEOUT, NULL);
-        g_assert_cmpuint(client_test_now() - t0, >=, 200U * USEC_PER_MSEC);
+        g_assert_cmpuint(test_now_monotonic() - t0, >=, 200U * USEC_PER_MSEC);
 
         /* InvalidResource → EINVAL. */
         assert_lockbus_error(a, lockbus_lock(a, "", NULL, NULL), -EINVAL, LOCKBUS_ERROR_INVALID_RESOURCE, NULL);
@@ -576,11 +576,11 @@ static void case_wait_needs_longer_call(TestFixture *f, gconstpointer data) {
                                                        LOCKBUS_MANAGER_IFACE, "Acquire"), >=, 0);
         g_assert_cmpint(sd_bus_message_append(m, "sa{sv}", "db", 1, "timeout", "t",
                                               (uint64_t) (3U * USEC_PER_SEC)), >=, 0);
-        t0 = client_test_now();
+        t0 = test_now_monotonic();
         r = sd_bus_call(bus, m, 0, &error, NULL);
         g_assert_cmpint(r, ==, -ETIMEDOUT);
         g_assert_false(sd_bus_error_has_name(&error, LOCKBUS_ERROR_TIMEOUT));
-        g_assert_cmpuint(client_test_now() - t0, <, 3U * USEC_PER_SEC);
+        g_assert_cmpuint(test_now_monotonic() - t0, <, 3U * USEC_PER_SEC);
 }
 
 /* The holder's TTL ends the wait: a grant that comes long after the
@@ -594,9 +594,9 @@ static void assert_long_wait_granted(lockbus *w, const char *resource, uint64_t 
         uint64_t t0, token = 0;
         size_t n = 0;
 
-        t0 = client_test_now();
+        t0 = test_now_monotonic();
         assert_lockbus_ok(w, lockbus_lock(w, resource, &(lockbus_options) { .timeout_usec = timeout_usec }, &token));
-        g_assert_cmpuint(client_test_now() - t0, >, SHORT_CALL_TIMEOUT_USEC + 500U * USEC_PER_MSEC);
+        g_assert_cmpuint(test_now_monotonic() - t0, >, SHORT_CALL_TIMEOUT_USEC + 500U * USEC_PER_MSEC);
         assert_lockbus_ok(w, lockbus_owner(w, resource, &holders, &n));
         g_assert_cmpuint(n, ==, 1);
         g_assert_cmpstr(holders[0].sender, ==, unique_name(w));
@@ -623,10 +623,10 @@ static void case_wait_long(TestFixture *f, gconstpointer data) {
         /* A 3 s wait that ends without a grant: the service's Timeout, not
          * the bus call's. */
         assert_lockbus_ok(h, lockbus_lock(h, "held", NULL, NULL));
-        t0 = client_test_now();
+        t0 = test_now_monotonic();
         assert_lockbus_error(w, lockbus_lock(w, "held", &(lockbus_options) { .timeout_usec = 3U * USEC_PER_SEC },
                                              NULL), -ETIMEDOUT, LOCKBUS_ERROR_TIMEOUT, NULL);
-        g_assert_cmpuint(client_test_now() - t0, >=, 3U * USEC_PER_SEC);
+        g_assert_cmpuint(test_now_monotonic() - t0, >=, 3U * USEC_PER_SEC);
 
         /* Calls that do not wait keep the connection's default. */
         assert_lockbus_error(w, lockbus_lock(w, "held", NULL, NULL), -EBUSY, LOCKBUS_ERROR_ALREADY_LOCKED, NULL);
@@ -846,12 +846,12 @@ static void case_async_wait_long(TestFixture *f, gconstpointer data) {
         uint64_t t0;
 
         lock_with_ttl(h, "db", 2U * USEC_PER_SEC);
-        t0 = client_test_now();
+        t0 = test_now_monotonic();
         assert_lockbus_ok(w, lockbus_lock_async(w, "db", &(lockbus_options) { .timeout_usec = 5U * USEC_PER_SEC },
                                                 false, async_handler, &a, NULL));
         client_test_run_until(e, &a.n_calls, 1, "the grant after the TTL");
         g_assert_cmpint(a.error, ==, 0);
-        g_assert_cmpuint(client_test_now() - t0, >, SHORT_CALL_TIMEOUT_USEC + 500U * USEC_PER_MSEC);
+        g_assert_cmpuint(test_now_monotonic() - t0, >, SHORT_CALL_TIMEOUT_USEC + 500U * USEC_PER_MSEC);
         async_result_clear(&a);
 }
 

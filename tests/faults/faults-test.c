@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <sched.h>
@@ -13,42 +12,12 @@
 #include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "faults-test.h"
 
-#define DBUS_SERVICE "org.freedesktop.DBus"
-#define DBUS_PATH "/org/freedesktop/DBus"
-#define DBUS_INTERFACE "org.freedesktop.DBus"
-
 /* The test's original mount namespace, opened before it first leaves it. */
 static int original_mount_ns = -1;
-
-static uint64_t now_monotonic(void) {
-        struct timespec ts;
-
-        g_assert_cmpint(clock_gettime(CLOCK_MONOTONIC, &ts), ==, 0);
-        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-}
-
-static int remaining_msec(uint64_t deadline, const char *what) {
-        uint64_t n = now_monotonic();
-
-        if (n >= deadline)
-                g_error("Timed out after %u s waiting for %s", TEST_TIMEOUT_USEC / 1000000U, what);
-        return (int) ((deadline - n + 999U) / 1000U);
-}
-
-static const char *getenv_required(const char *name) {
-        const char *v = g_getenv(name);
-
-        if (!v || !*v)
-                g_error("$%s is not set: run the fault tests with meson test", name);
-        return v;
-}
 
 /* --- Fixture ------------------------------------------------------------------ */
 
@@ -141,135 +110,17 @@ static ino_t mount_ns_of(const char *pid) {
         return st.st_ino;
 }
 
-typedef struct NameAppeared {
-        bool appeared;
-} NameAppeared;
-
-static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        NameAppeared *w = userdata;
-        const char *name, *old_owner, *new_owner;
-
-        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0)
-                return 0;
-        if (streq(name, LOCKBUS_BUS_NAME) && *new_owner)
-                w->appeared = true;
-        return 0;
-}
-
-/* Dispatches bus until *done, or until pidfd (if >= 0) is readable. */
-static void process_until_or_exit(sd_bus *bus, const bool *done, int pidfd, const char *what) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
-
-        for (;;) {
-                struct pollfd p[2];
-                uint64_t timeout;
-                int r, msec;
-
-                do {
-                        r = sd_bus_process(bus, NULL);
-                        if (r < 0)
-                                g_error("Failed to process the bus while waiting for %s: %s", what, g_strerror(-r));
-                        if (*done)
-                                return;
-                } while (r > 0);
-
-                msec = remaining_msec(deadline, what);
-                if (sd_bus_get_timeout(bus, &timeout) >= 0 && timeout != UINT64_MAX) {
-                        uint64_t n = now_monotonic();
-
-                        msec = MIN(msec, timeout <= n ? 0 : (int) ((timeout - n + 999U) / 1000U));
-                }
-                p[0] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
-                p[1] = (struct pollfd) { .fd = pidfd, .events = POLLIN };
-                r = poll(p, pidfd >= 0 ? 2 : 1, msec);
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
-                if (pidfd >= 0 && (p[1].revents & POLLIN))
-                        return;
-        }
-}
-
 bool faults_try_start_daemon(FaultsFixture *f, const char *const *wrapper, int *ret_status) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
-        _cleanup_close_ int pidfd = -1;
-        g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
-        g_auto(GStrv) argv = NULL, envp = NULL;
-        g_autofree char *lock = NULL, *runtime = NULL, *pid_s = NULL;
-        NameAppeared w = {};
-        int log_fd, status, r;
+        _cleanup_close_ int log_fd = -1;
+        g_autofree char *pid_s = NULL;
         pid_t pid;
-
-        g_assert_cmpint(f->bus->daemon_pid, ==, 0);
-        g_assert_cmpint(test_bus_daemon_pid(f->bus), ==, 0);
-
-        lock = g_strconcat("--lock-directory=", f->bus->lock_dir, NULL);
-        runtime = g_strconcat("--runtime-directory=", f->bus->runtime_dir, NULL);
-        for (const char *const *a = wrapper; a && *a; a++) {
-                g_autofree char *program = NULL;
-
-                /* execve() does not search $PATH. */
-                if (a == wrapper && !g_path_is_absolute(*a)) {
-                        program = g_find_program_in_path(*a);
-                        if (!program)
-                                g_error("%s not found in $PATH", *a);
-                }
-                g_strv_builder_add(builder, program ?: *a);
-        }
-        g_strv_builder_add(builder, getenv_required("LOCKBUS_DAEMON"));
-        g_strv_builder_add(builder, lock);
-        g_strv_builder_add(builder, runtime);
-        for (char **a = f->bus->extra_args; a && *a; a++)
-                g_strv_builder_add(builder, *a);
-        argv = g_strv_builder_end(builder);
-
-        envp = g_get_environ();
-        envp = g_environ_setenv(envp, "DBUS_SYSTEM_BUS_ADDRESS", f->bus->address, true);
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_ADDRESS");
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_BUS_TYPE");
-        envp = g_environ_unsetenv(envp, "JOURNAL_STREAM");
-
-        bus = test_bus_connect(f->bus);
-        r = sd_bus_match_signal(bus, &slot, DBUS_SERVICE, DBUS_PATH, DBUS_INTERFACE, "NameOwnerChanged",
-                                on_name_owner_changed, &w);
-        g_assert_cmpint(r, >=, 0);
 
         log_fd = open(f->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
         g_assert_cmpint(log_fd, >=, 0);
-
-        fflush(stdout);
-        fflush(stderr);
-        pid = fork();
-        g_assert_cmpint(pid, >=, 0);
-        if (pid == 0) {
-                int null;
-
-                /* Joins the bus's process group: the harness's cleanup
-                 * (and its guardian) kill it with the group. */
-                (void) setpgid(0, f->bus->bus_pid);
-                null = open("/dev/null", O_RDONLY);
-                if (null < 0 || dup2(null, STDIN_FILENO) < 0 ||
-                    dup2(log_fd, STDOUT_FILENO) < 0 || dup2(log_fd, STDERR_FILENO) < 0)
-                        _exit(127);
-                (void) close_range(3, ~0U, 0);
-                execve(argv[0], argv, envp);
-                _exit(127);
-        }
-        (void) setpgid(pid, f->bus->bus_pid);
-        close(log_fd);
-
-        pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
-        g_assert_cmpint(pidfd, >=, 0);
-        process_until_or_exit(bus, &w.appeared, pidfd, "lockbusd to take " LOCKBUS_BUS_NAME " or exit");
-
-        if (!w.appeared) {
-                g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
-                *ret_status = status;
+        if (!test_bus_try_start_daemon(f->bus, wrapper, log_fd, ret_status))
                 return false;
-        }
 
-        f->bus->daemon_pid = pid;
+        pid = f->bus->daemon_pid;
         /* Nobody else could have started one (no activation file). */
         g_assert_cmpint(test_bus_daemon_pid(f->bus), ==, pid);
 
@@ -310,7 +161,7 @@ void faults_wait_log(FaultsFixture *f, const char *needle) {
 
 bool faults_try_wait_log(FaultsFixture *f, const char *needle) {
         _cleanup_close_ int fd = -1;
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
 
         fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
         g_assert_cmpint(fd, >=, 0);
@@ -319,20 +170,13 @@ bool faults_try_wait_log(FaultsFixture *f, const char *needle) {
 
         for (;;) {
                 g_autofree char *log = faults_daemon_log(f);
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                uint64_t n = now_monotonic();
                 char buf[4096];
-                int r;
 
                 if (strstr(log, needle))
                         return true;
-                if (n >= deadline)
+                if (test_now_monotonic() >= deadline)
                         return false;
-
-                r = poll(&p, 1, (int) ((deadline - n + 999U) / 1000U));
-                if (r < 0 && errno == EINTR)
-                        continue;
-                g_assert_cmpint(r, >=, 0);
+                (void) test_wait_readable(fd, deadline);
                 while (read(fd, buf, sizeof(buf)) > 0)
                         ;
         }
@@ -442,13 +286,8 @@ void faults_umount(FaultsFixture *f, const char *path) {
 
 /* --- Files ---------------------------------------------------------------------- */
 
-static int rm_rf_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        (void) remove(path);
-        return 0;
-}
-
 void faults_rm_rf(const char *path) {
-        (void) nftw(path, rm_rf_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+        test_rm_rf(path);
         g_assert_false(g_file_test(path, G_FILE_TEST_EXISTS));
 }
 
@@ -661,7 +500,7 @@ void faults_batch_send(FaultsBatch *b, sd_bus *bus, sd_bus_message *m) {
 /* Dispatches the buses until check(userdata) is true. */
 static void process_until(sd_bus *const *buses, size_t n_buses, bool (*check)(void *userdata), void *userdata,
                           const char *what) {
-        uint64_t deadline = now_monotonic() + TEST_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + TEST_TIMEOUT_USEC;
         g_autofree struct pollfd *p = g_new(struct pollfd, n_buses);
 
         for (;;) {
@@ -680,17 +519,11 @@ static void process_until(sd_bus *const *buses, size_t n_buses, bool (*check)(vo
                 if (progress)
                         continue;
 
-                msec = remaining_msec(deadline, what);
+                msec = test_remaining_msec(deadline, what);
                 for (size_t i = 0; i < n_buses; i++) {
-                        uint64_t timeout;
-
                         p[i] = (struct pollfd) { .fd = sd_bus_get_fd(buses[i]),
                                                  .events = (short) sd_bus_get_events(buses[i]) };
-                        if (sd_bus_get_timeout(buses[i], &timeout) >= 0 && timeout != UINT64_MAX) {
-                                uint64_t n = now_monotonic();
-
-                                msec = MIN(msec, timeout <= n ? 0 : (int) ((timeout - n + 999U) / 1000U));
-                        }
+                        msec = test_bus_poll_msec(buses[i], msec);
                 }
                 r = poll(p, n_buses, msec);
                 if (r < 0 && errno == EINTR)

@@ -27,7 +27,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <pwd.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -305,23 +304,6 @@ static int flood_client(sd_bus *bus, int fd, void *userdata) {
         return 0;
 }
 
-/* A second unprivileged user: an account (dbus-daemon disconnects a uid
- * it cannot look up) other than root, TEST_OTHER_UID and ours; 0 if there
- * is none. */
-static uid_t second_uid(void) {
-        struct passwd *pw;
-        uid_t uid = 0;
-
-        setpwent();
-        while ((pw = getpwent()))
-                if (pw->pw_uid != 0 && pw->pw_uid != TEST_OTHER_UID && pw->pw_uid != getuid()) {
-                        uid = pw->pw_uid;
-                        break;
-                }
-        endpwent();
-        return uid;
-}
-
 /* A flood: a client of TEST_OTHER_UID with n_connections connections,
  * each sending CALLS_PER_CONNECTION waiting Acquires of "q" at once.
  * Returns once every call is queued or refused; *ret_watches get a watch
@@ -394,7 +376,7 @@ static void test_waiters_quota(FaultsFixture *f, gconstpointer data) {
         root_waiter = test_bus_connect(f->bus);
         c_root = test_acquire_async(root_waiter, "q", &(TestAcquireOptions) { .has_timeout = true, .timeout = UINT64_MAX });
         g_assert_cmpuint(test_get_property_u(root_waiter, "WaiterCount"), ==, 129);
-        uid2 = second_uid();
+        uid2 = test_second_uid();
         if (uid2 > 0) {
                 second = test_client_start(f->bus, uid2, "second", test_client_serve, NULL);
                 g_assert_cmpuint(test_client_command_ok(second, "Start 1 q timeout=max"), ==, 130);
@@ -570,7 +552,7 @@ static void never_reads(FaultsFixture *f, unsigned n_readers) {
                         error.name, error.message);
         locks = test_list_locks_ok(f->client);
         g_assert_cmpuint(locks->len, ==, n_holds + 1 + n_readers);
-        other = test_client_start(f->bus, second_uid() ?: TEST_OTHER_UID, "other", test_client_serve, NULL);
+        other = test_client_start(f->bus, test_second_uid() ?: TEST_OTHER_UID, "other", test_client_serve, NULL);
         (void) test_client_command_ok(other, "Lock other");
         assert_client_command(other, "ok", "Unlock other");
         rss_during = faults_proc_status_kib(pid, "RssAnon");
@@ -687,7 +669,7 @@ static void test_never_reads_direct(FaultsFixture *f, gconstpointer data) {
         /* The daemon cuts off a direct peer that leaves replies unread. */
         faults_wait_log(f, "does not read its replies");
 
-        other = test_client_start(f->bus, second_uid() ?: TEST_OTHER_UID, "other", test_client_serve, NULL);
+        other = test_client_start(f->bus, test_second_uid() ?: TEST_OTHER_UID, "other", test_client_serve, NULL);
         (void) test_client_command_ok(other, "Lock other");
         rss_during = faults_proc_status_kib(pid, "RssAnon");
         g_test_message("lockbusd RssAnon: %" PRIu64 " kB before, %" PRIu64 " kB with %u replies of ~220 KiB "

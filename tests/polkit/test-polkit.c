@@ -27,15 +27,10 @@
  * without them. */
 
 #include <errno.h>
-#include <limits.h>
-#include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bus-test.h"
@@ -51,14 +46,6 @@
 static const char *const idle_args[] = { "--idle-timeout=0.2", NULL };
 #define IDLE_MOCK_DELAY_MSEC 1000U
 
-static const char *getenv_required(const char *name) {
-        const char *v = getenv(name);
-
-        if (!v)
-                g_error("$%s is not set (run this test through meson test)", name);
-        return v;
-}
-
 /* NULL when python3-dbusmock can be imported, else why not. */
 static const char *dbusmock_missing(void) {
         static char *reason = NULL;
@@ -72,7 +59,7 @@ static const char *dbusmock_missing(void) {
                 return reason;
         checked = true;
 
-        python = getenv_required("LOCKBUS_PYTHON");
+        python = test_getenv_required("LOCKBUS_PYTHON");
         if (!g_spawn_sync(NULL, (char *[]) { (char *) python, (char *) "-c", (char *) "import dbusmock", NULL },
                           NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err, &status, &error))
                 reason = g_strdup_printf("%s cannot run: %s", python, error->message);
@@ -95,59 +82,19 @@ static bool skip_unless_ready(void) {
         return false;
 }
 
-/* A second unprivileged UID with a passwd entry (dbus-daemon refuses one
- * without), neither root nor TEST_OTHER_UID; 0 if there is none. */
-static uid_t second_uid(void) {
-        struct passwd *pw;
-        uid_t uid = 0;
-
-        setpwent();
-        while ((pw = getpwent()))
-                if (pw->pw_uid != 0 && pw->pw_uid != TEST_OTHER_UID) {
-                        uid = pw->pw_uid;
-                        break;
-                }
-        endpwent();
-        return uid;
-}
-
-static void write_file(const char *path, const char *contents) {
-        g_autoptr(GError) error = NULL;
-
-        if (!g_file_set_contents(path, contents, -1, &error))
-                g_error("Failed to write %s: %s", path, error->message);
-        g_assert_cmpint(chmod(path, 0644), ==, 0);
-}
-
 /* Lets the mock on the bus (see above); with_mock: also makes it
  * activatable, else polkit stays absent. */
 static void setup_polkit(TestFixture *f, bool with_mock) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        g_autoptr(GError) gerror = NULL;
-        g_autofree char *policy = NULL, *path = NULL;
-        int r;
+        g_autofree char *path = g_build_filename(f->bus->dir, "system.d", "polkit-test-bus.conf", NULL);
+        g_autofree char *services = g_build_filename(f->bus->dir, "services", NULL);
 
-        if (!g_file_get_contents(getenv_required("LOCKBUS_POLKIT_BUS_POLICY"), &policy, NULL, &gerror))
-                g_error("Failed to read the test bus policy: %s", gerror->message);
-        path = g_build_filename(f->bus->dir, "system.d", "polkit-test-bus.conf", NULL);
-        write_file(path, policy);
-        g_clear_pointer(&path, g_free);
-
-        if (with_mock) {
-                g_autofree char *python = g_shell_quote(getenv_required("LOCKBUS_PYTHON"));
-                g_autofree char *template = g_shell_quote(getenv_required("LOCKBUS_POLKIT_TEMPLATE"));
-                g_autofree char *service = g_strdup_printf("[D-BUS Service]\n"
-                                                           "Name=" POLKIT_BUS_NAME "\n"
-                                                           "Exec=%s -m dbusmock --template %s\n",
-                                                           python, template);
-
-                path = g_build_filename(f->bus->dir, "services", POLKIT_BUS_NAME ".service", NULL);
-                write_file(path, service);
-        }
-
-        r = sd_bus_call_method(f->client, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "ReloadConfig", &error, NULL, NULL);
-        assert_call_ok(r, &error);
+        test_copy_file(test_getenv_required("LOCKBUS_POLKIT_BUS_POLICY"), path, 0644);
+        if (with_mock)
+                test_bus_write_activation_file(services, POLKIT_BUS_NAME, (const char *const[]) {
+                        test_getenv_required("LOCKBUS_PYTHON"), "-m", "dbusmock", "--template",
+                        test_getenv_required("LOCKBUS_POLKIT_TEMPLATE"), NULL,
+                });
+        test_bus_reload_config(f->client);
 }
 
 static void fixture_setup(TestFixture *f, gconstpointer data) {
@@ -269,10 +216,10 @@ static void assert_checked_once(TestFixture *f, const char *name, uid_t uid, uin
 }
 
 /* --- A client that breaks asynchronously ------------------------------------
- * test_client_serve() makes its calls one at a time; this child (same
- * protocol: "= RESULT" answers, "reply ID RESULT" for async calls, so
- * test_client_command() and test_client_wait_reply() work with it) leaves
- * a Break waiting:
+ * test_client_serve() makes its calls one at a time; this child (its loop
+ * with other commands, test_client_serve_with(): "= RESULT" answers,
+ * "reply ID RESULT" for async calls, so test_client_command() and
+ * test_client_wait_reply() work with it) leaves a Break waiting:
  *   StartBreak ID R [interactive]  sends Break(R) (with
  *                                  ALLOW_INTERACTIVE_AUTHORIZATION) → ok
  *   Ping                           Peer.Ping on lockbusd over the same
@@ -280,22 +227,6 @@ static void assert_checked_once(TestFixture *f, const char *name, uid_t uid, uin
  *                                  answer lockbusd sent before is reported
  *   Unique                         → ok UNIQUE-NAME
  * Child side: no g_assert (see bus-test.h). */
-
-typedef struct BreakCall {
-        int fd;
-        char *id;
-} BreakCall;
-
-static int break_reply_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        BreakCall *bc = userdata;
-        const sd_bus_error *e = sd_bus_message_get_error(m);
-        g_autofree char *result = test_format_result(e ? -(sd_bus_error_get_errno(e) ?: EIO) : 0, e);
-
-        test_client_send(bc->fd, "reply %s %s", bc->id, result);
-        g_free(bc->id);
-        g_free(bc);
-        return 0;
-}
 
 static char *breaker_command(sd_bus *bus, int fd, const char *line) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -322,7 +253,6 @@ static char *breaker_command(sd_bus *bus, int fd, const char *line) {
         if (IN_SET(n, 3U, 4U) && g_str_equal(words[0], "StartBreak") &&
             (n == 3 || g_str_equal(words[3], "interactive"))) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-                BreakCall *bc;
 
                 r = sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
                                                    LOCKBUS_MANAGER_IFACE, "Break");
@@ -330,76 +260,15 @@ static char *breaker_command(sd_bus *bus, int fd, const char *line) {
                         r = sd_bus_message_append(m, "s", words[2]);
                 if (r >= 0 && n == 4)
                         r = sd_bus_message_set_allow_interactive_authorization(m, true);
-                if (r < 0)
-                        return test_format_result(r, NULL);
-                bc = g_new0(BreakCall, 1);
-                bc->fd = fd;
-                bc->id = g_strdup(words[1]);
-                r = sd_bus_call_async(bus, NULL, m, break_reply_handler, bc, 0);
                 if (r >= 0)
-                        r = sd_bus_flush(bus);
-                if (r < 0) {
-                        g_free(bc->id);
-                        g_free(bc);
-                }
+                        r = test_client_call_async(bus, fd, words[1], m);
                 return test_format_result(r, NULL);
         }
         return g_strdup_printf("error test: bad command '%s'", line);
 }
 
 static int breaker_serve(sd_bus *bus, int fd, void *userdata) {
-        g_autoptr(GString) in = g_string_new(NULL);
-
-        for (;;) {
-                struct pollfd p[2];
-                char buf[1024], *nl;
-                uint64_t timeout;
-                ssize_t n;
-                int r, msec = -1;
-
-                do
-                        r = sd_bus_process(bus, NULL);
-                while (r > 0);
-                if (r < 0) {
-                        test_client_send(fd, "error bus: %s", g_strerror(-r));
-                        return 2;
-                }
-
-                nl = memchr(in->str, '\n', in->len);
-                if (nl) {
-                        g_autofree char *line = g_strndup(in->str, nl - in->str), *result = NULL;
-
-                        g_string_erase(in, 0, nl - in->str + 1);
-                        result = breaker_command(bus, fd, line);
-                        test_client_send(fd, "= %s", result);
-                        continue;
-                }
-
-                /* Calls have the connection's timeout (TEST_TIMEOUT_USEC):
-                 * sd_bus_process() fails an expired one. */
-                if (sd_bus_get_timeout(bus, &timeout) >= 0 && timeout != UINT64_MAX) {
-                        struct timespec ts;
-                        uint64_t now;
-
-                        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-                        now = (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-                        msec = timeout <= now ? 0 : (int) MIN((timeout - now + 999U) / 1000U, (uint64_t) INT_MAX);
-                }
-                p[0] = (struct pollfd) { .fd = fd, .events = POLLIN };
-                p[1] = (struct pollfd) { .fd = sd_bus_get_fd(bus), .events = (short) sd_bus_get_events(bus) };
-                r = poll(p, 2, msec);
-                if (r < 0 && errno != EINTR)
-                        return 2;
-                if (r <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
-                        continue;
-
-                n = read(fd, buf, sizeof(buf));
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        return 0;       /* the parent closed its end */
-                g_string_append_len(in, buf, n);
-        }
+        return test_client_serve_with(bus, fd, breaker_command);
 }
 
 /* --- Helpers ------------------------------------------------------------------ */
@@ -496,7 +365,7 @@ static void test_other_uid_only(TestFixture *f, gconstpointer data) {
 
         if (skip_unless_ready())
                 return;
-        uid2 = second_uid();
+        uid2 = test_second_uid();
         if (uid2 == 0) {
                 g_test_skip("no second unprivileged account in the passwd database");
                 return;

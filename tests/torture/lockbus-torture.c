@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,32 +73,13 @@ typedef struct Controller {
         uint64_t n_restart_checks;      /* holds checked to be there after a restart */
 } Controller;
 
+/* Our children: they cannot be gone before we reap them. */
 static int pidfd_open(pid_t pid) {
-        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
+        int fd = test_pidfd_open(pid);
 
         if (fd < 0)
-                g_error("pidfd_open(%d): %s", (int) pid, g_strerror(errno));
+                g_error("pidfd_open(%d): %s", (int) pid, g_strerror(-fd));
         return fd;
-}
-
-static int waitpid_one(pid_t pid, int flags) {
-        int status = 0;
-        pid_t r;
-
-        do
-                r = waitpid(pid, &status, flags);
-        while (r < 0 && errno == EINTR);
-        if (r != pid)
-                g_error("waitpid(%d): %s", (int) pid, g_strerror(errno));
-        return status;
-}
-
-static char *format_status(int status) {
-        if (WIFEXITED(status))
-                return g_strdup_printf("exited with status %d", WEXITSTATUS(status));
-        if (WIFSIGNALED(status))
-                return g_strdup_printf("was killed by signal %s", strsignal(WTERMSIG(status)));
-        return g_strdup_printf("ended with wait status 0x%x", (unsigned) status);
 }
 
 static void generation_free(TortureGeneration *g) {
@@ -118,9 +98,8 @@ static void controller_publish(Controller *c) {
  * not published to the clients (up_gen) yet. */
 static void controller_start_daemon(Controller *c) {
         g_autoptr(NameWatch) w = name_watch_new(c->bus, LOCKBUS_BUS_NAME);
-        g_autoptr(GStrvBuilder) b = g_strv_builder_new();
-        g_autofree char *lock_dir = g_strdup_printf("--lock-directory=%s/lib", c->run.dir);
-        g_autofree char *runtime_dir = g_strdup_printf("--runtime-directory=%s/run", c->run.dir);
+        g_autofree char *lock_dir = g_build_filename(c->run.dir, "lib", NULL);
+        g_autofree char *runtime_dir = g_build_filename(c->run.dir, "run", NULL);
         g_auto(GStrv) argv = NULL, envp = NULL;
         TortureGeneration *g;
 
@@ -128,47 +107,18 @@ static void controller_start_daemon(Controller *c) {
                 g_error("%s is owned by %s before generation %u starts", LOCKBUS_BUS_NAME, name_watch_owner(w),
                         c->gen + 1);
 
-        for (char **a = c->wrapper; a && *a; a++)
-                g_strv_builder_add(b, *a);
-        g_strv_builder_add(b, c->daemon_path);
-        g_strv_builder_add(b, lock_dir);
-        g_strv_builder_add(b, runtime_dir);
-        g_strv_builder_add(b, "--idle-timeout=0");
-        argv = g_strv_builder_end(b);
-        if (c->wrapper) {
-                g_autofree char *path = g_find_program_in_path(argv[0]);
-
-                if (!path)
-                        g_error("Daemon wrapper %s not found", argv[0]);
-                g_free(argv[0]);
-                argv[0] = TAKE_PTR(path);
-        }
-
-        envp = g_get_environ();
-        envp = g_environ_setenv(envp, "DBUS_SYSTEM_BUS_ADDRESS", c->run.address, true);
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_ADDRESS");
-        envp = g_environ_unsetenv(envp, "DBUS_STARTER_BUS_TYPE");
-
-        fflush(stdout);
-        fflush(stderr);
-        c->daemon_pid = fork();
-        if (c->daemon_pid < 0)
-                g_error("fork: %s", g_strerror(errno));
-        if (c->daemon_pid == 0) {
-                int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-                if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(c->daemon_log_fd, STDOUT_FILENO) < 0 ||
-                    dup2(c->daemon_log_fd, STDERR_FILENO) < 0)
-                        _exit(127);
-                (void) close_range(3, ~0U, 0);
-                execve(argv[0], argv, envp);
-                _exit(127);
-        }
+        argv = test_lockbusd_argv((const char *const *) c->wrapper, c->daemon_path, lock_dir, runtime_dir,
+                                  (const char *const[]) { "--idle-timeout=0", NULL });
+        envp = test_lockbusd_environ(c->run.address);
+        c->daemon_pid = test_spawn(&(TestChild) {
+                                           .stdout_fd = c->daemon_log_fd,
+                                           .stderr_fd = c->daemon_log_fd,
+                                           .die_with_parent = true,
+                                   }, argv, envp);
         c->daemon_pidfd = pidfd_open(c->daemon_pid);
 
         if (!name_watch_wait_owned(w, c->daemon_pidfd)) {
-                g_autofree char *st = format_status(waitpid_one(c->daemon_pid, 0));
+                g_autofree char *st = test_format_wait_status(test_waitpid(c->daemon_pid, 0));
 
                 g_error("lockbusd generation %u %s before taking %s (see %s/lockbusd.log)", c->gen + 1, st,
                         LOCKBUS_BUS_NAME, c->log_dir);
@@ -192,22 +142,10 @@ static void controller_start_client(Controller *c, unsigned slot) {
         Slot *s = &c->slots[slot];
         pid_t pid;
 
-        fflush(stdout);
-        fflush(stderr);
-        pid = fork();
-        if (pid < 0)
-                g_error("fork: %s", g_strerror(errno));
-        if (pid == 0) {
-                int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-
-                /* Keep stdio (stdout is the TAP stream: use stderr) and the
-                 * log only. */
-                if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0 ||
-                    dup2(s->log_fd, 3) < 0)
-                        _exit(127);
-                (void) close_range(4, ~0U, 0);
+        /* Stdio (stdout is the TAP stream: stderr) and the log only. */
+        pid = test_fork(&(TestChild) { .keep_fds = { s->log_fd } });
+        if (pid == 0)
                 _exit(torture_client_main(&c->run, slot, s->incarnation, s->uid, 3));
-        }
         s->pid = pid;
         s->pidfd = pidfd_open(pid);
 }
@@ -217,7 +155,7 @@ static void controller_reap_client(Controller *c, unsigned slot, int status, boo
 
         if (killed ? !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
                    : !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-                g_autofree char *st = format_status(status);
+                g_autofree char *st = test_format_wait_status(status);
 
                 torture_violation(c->s, "client slot %u (incarnation %u, pid %d) %s", slot, s->incarnation,
                                   (int) s->pid, st);
@@ -240,7 +178,7 @@ static void controller_kill_client_begin(Controller *c, unsigned slot) {
 
         if (kill(s->pid, SIGSTOP) < 0)
                 g_error("kill(SIGSTOP): %s", g_strerror(errno));
-        status = waitpid_one(s->pid, WUNTRACED);
+        status = test_waitpid(s->pid, WUNTRACED);
         if (!WIFSTOPPED(status)) {
                 controller_reap_client(c, slot, status, false);
                 return;
@@ -261,7 +199,7 @@ static void controller_kill_client_begin(Controller *c, unsigned slot) {
 
         if (kill(s->pid, SIGKILL) < 0)
                 g_error("kill(SIGKILL): %s", g_strerror(errno));
-        controller_reap_client(c, slot, waitpid_one(s->pid, 0), true);
+        controller_reap_client(c, slot, test_waitpid(s->pid, 0), true);
         c->n_client_kills++;
 
         if (w && !name_watch_wait_unowned(w))
@@ -295,7 +233,7 @@ static void controller_dump_activity(Controller *c) {
                 [OP_UNLOCK] = "unlocking", [OP_WAIT_DAEMON] = "waiting for lockbusd",
                 [OP_RECOVER] = "recovering", [OP_STOPPING] = "stopping", [OP_OTHER] = "reconnecting",
         };
-        uint64_t now = torture_now();
+        uint64_t now = test_now_monotonic();
 
         for (unsigned slot = 0; slot < arg.n_clients; slot++) {
                 TortureActivity *a = &c->s->activity[slot];
@@ -457,7 +395,7 @@ static uint64_t controller_burn_token(Controller *c) {
 /* The clients pause between iterations (holding only persistent holds of
  * killed incarnations, if any). */
 static void controller_pause_clients(Controller *c) {
-        uint64_t deadline = torture_now() + TORTURE_WAIT_USEC;
+        uint64_t deadline = test_now_monotonic() + TORTURE_WAIT_USEC;
 
         atomic_store(&c->s->pause, 1);
         torture_bump(&c->s->state_seq);
@@ -466,7 +404,7 @@ static void controller_pause_clients(Controller *c) {
 
                 if (atomic_load(&c->s->n_paused) >= arg.n_clients)
                         return;
-                if (torture_now() >= deadline) {
+                if (test_now_monotonic() >= deadline) {
                         controller_dump_activity(c);
                         g_error("The clients did not pause");
                 }
@@ -521,9 +459,9 @@ static void controller_replace_daemon(Controller *c, KillFlags flags, int kill_s
 
         if (kill_it && kill(c->daemon_pid, SIGKILL) < 0)
                 g_error("kill(lockbusd): %s", g_strerror(errno));
-        status = waitpid_one(c->daemon_pid, 0);
+        status = test_waitpid(c->daemon_pid, 0);
         if (kill_it && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
-                g_autofree char *st = format_status(status);
+                g_autofree char *st = test_format_wait_status(status);
 
                 torture_violation(c->s, "lockbusd generation %u %s before it was killed", c->gen, st);
         }
@@ -545,13 +483,13 @@ static void controller_replace_daemon(Controller *c, KillFlags flags, int kill_s
                                 g_array_append_val(snapshot, ((SnapshotEntry) { res, slot, word }));
                 }
 
-        deadline = torture_now() + TORTURE_WAIT_USEC;
+        deadline = test_now_monotonic() + TORTURE_WAIT_USEC;
         for (;;) {
                 uint32_t seq = atomic_load(&c->s->cs_seq);
 
                 if (!fd_holds_of_dead_generations(c, c->gen))
                         break;
-                if (torture_now() >= deadline)
+                if (test_now_monotonic() >= deadline)
                         g_error("fd holds of lockbusd generation %u did not leave their critical sections", c->gen);
                 torture_futex_wait(&c->s->cs_seq, seq, 1000000U);
         }
@@ -631,7 +569,7 @@ static bool controller_check_exits(Controller *c, uint64_t timeout_usec) {
                 } else if (!atomic_load(&c->s->stop)) {
                         unsigned slot = idx[i];
 
-                        controller_reap_client(c, slot, waitpid_one(c->slots[slot].pid, 0), false);
+                        controller_reap_client(c, slot, test_waitpid(c->slots[slot].pid, 0), false);
                         c->slots[slot].incarnation++;
                         controller_start_client(c, slot);
                 }
@@ -658,9 +596,9 @@ static void controller_run(Controller *c) {
                 }));
         g_array_sort(events, compare_events);
 
-        start = torture_now();
+        start = test_now_monotonic();
         for (;;) {
-                uint64_t now = torture_now() - start;
+                uint64_t now = test_now_monotonic() - start;
                 uint64_t until = next < events->len ? g_array_index(events, Event, next).at : duration;
 
                 if (now >= duration)
@@ -685,14 +623,14 @@ static void controller_run(Controller *c) {
  * exit. A client that does not is stuck: a stranded waiter, or a hold that
  * never comes free. */
 static void controller_stop(Controller *c) {
-        uint64_t deadline = torture_now() + STOP_TIMEOUT_USEC;
+        uint64_t deadline = test_now_monotonic() + STOP_TIMEOUT_USEC;
 
         atomic_store(&c->s->stop, 1);
         torture_bump(&c->s->state_seq);
 
         for (;;) {
                 bool running = false;
-                uint64_t now = torture_now();
+                uint64_t now = test_now_monotonic();
 
                 for (unsigned slot = 0; slot < arg.n_clients; slot++)
                         running = running || c->slots[slot].pid > 0;
@@ -706,7 +644,7 @@ static void controller_stop(Controller *c) {
                         for (unsigned slot = 0; slot < arg.n_clients; slot++)
                                 if (c->slots[slot].pid > 0) {
                                         (void) kill(c->slots[slot].pid, SIGKILL);
-                                        (void) waitpid_one(c->slots[slot].pid, 0);
+                                        (void) test_waitpid(c->slots[slot].pid, 0);
                                         close(c->slots[slot].pidfd);
                                         c->slots[slot].pid = 0;
                                 }
@@ -723,7 +661,7 @@ static void controller_stop(Controller *c) {
                                 continue;
                         if (waitid(P_PID, (id_t) s->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
                                 continue;
-                        controller_reap_client(c, slot, waitpid_one(s->pid, 0), false);
+                        controller_reap_client(c, slot, test_waitpid(s->pid, 0), false);
                 }
         }
 }
@@ -791,9 +729,9 @@ static void controller_stop_daemon(Controller *c) {
                 return;
         if (kill(c->daemon_pid, SIGTERM) < 0)
                 g_error("kill(lockbusd): %s", g_strerror(errno));
-        status = waitpid_one(c->daemon_pid, 0);
+        status = test_waitpid(c->daemon_pid, 0);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                g_autofree char *st = format_status(status);
+                g_autofree char *st = test_format_wait_status(status);
 
                 torture_violation(c->s, "lockbusd generation %u %s on SIGTERM (see %s/lockbusd.log)", c->gen, st,
                                   c->log_dir);
@@ -873,14 +811,6 @@ static void print_counters(Controller *c, const CheckStats *st) {
         g_test_message("violations: %" PRIu64, atomic_load(&c->s->n_violations));
 }
 
-static void rm_rf(const char *path) {
-        g_autofree char *cmd = NULL;
-        g_autofree char *q = g_shell_quote(path);
-
-        cmd = g_strdup_printf("rm -rf -- %s", q);
-        (void) !system(cmd);
-}
-
 static void test_torture(gconstpointer data) {
         g_autoptr(GError) error = NULL;
         g_autofree char *dbus_dir = NULL;
@@ -915,11 +845,8 @@ static void test_torture(gconstpointer data) {
                 /* Names the store must escape, too. */
                 c.run.resources[i] = g_strdup_printf(i % 2 ? "torture/res %u" : "torture-%u", i);
 
-        c.run.dir = g_dir_make_tmp("lockbus-torture-XXXXXX", &error);
-        if (!c.run.dir)
-                g_error("Failed to make a temp dir: %s", error->message);
-        /* Other uids must reach the bus socket. */
-        g_assert_cmpint(chmod(c.run.dir, 0755), ==, 0);
+        /* 0755: other uids must reach the bus socket. */
+        c.run.dir = test_make_tmp_dir("lockbus-torture-XXXXXX");
         c.log_dir = g_build_filename(c.run.dir, "logs", NULL);
         g_assert_cmpint(mkdir(c.log_dir, 0755), ==, 0);
         g_test_message("run directory: %s", c.run.dir);
@@ -962,13 +889,13 @@ static void test_torture(gconstpointer data) {
 
         sd_bus_flush_close_unref(c.bus);
         (void) kill(c.bus_pid, SIGTERM);
-        (void) waitpid_one(c.bus_pid, 0);
+        (void) test_waitpid(c.bus_pid, 0);
         for (unsigned slot = 0; slot < arg.n_clients; slot++)
                 close(c.slots[slot].log_fd);
         close(c.daemon_log_fd);
 
         if (violations == 0 && !arg.keep)
-                rm_rf(c.run.dir);
+                test_rm_rf(c.run.dir);
         else
                 g_test_message("kept %s (logs in logs/: lockbusd.log, client-NN.log)", c.run.dir);
 

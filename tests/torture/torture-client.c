@@ -31,7 +31,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -78,7 +77,7 @@ static void client_set_activity(Client *c, TortureOp op, unsigned res) {
 
         atomic_store(&a->op, op);
         atomic_store(&a->resource, res);
-        atomic_store(&a->since, torture_now());
+        atomic_store(&a->since, test_now_monotonic());
 }
 
 static void client_log(Client *c, const char *format, ...) _printf_(2, 3);
@@ -156,7 +155,7 @@ static bool held_is_dead_fd(Client *c, const Held *h) {
 /* Leaving a critical section: the occupancy goes first, then the record. */
 static void client_exit_cs(Client *c, unsigned res, const char *why) {
         torture_exit(c->run, c->slot, res);
-        client_log(c, "X %u %u %u %" PRIu64 " %s", c->slot, c->incarnation, res, torture_now(), why);
+        client_log(c, "X %u %u %u %" PRIu64 " %s", c->slot, c->incarnation, res, test_now_monotonic(), why);
 }
 
 /* fd holds of a generation that died are gone (no fd store here): leave
@@ -338,7 +337,7 @@ static bool client_enter(Client *c, unsigned res, TortureMode mode, TortureScope
         }
         (void) client_add_held(c, res, mode, scope, token, gen, fd, ttl);
         client_log(c, "E %u %u %u %" PRIu64 " %s %s %" PRIu64, c->slot, c->incarnation, res, token,
-                   torture_mode_to_string(mode), torture_scope_to_string(scope), torture_now());
+                   torture_mode_to_string(mode), torture_scope_to_string(scope), test_now_monotonic());
         return true;
 }
 
@@ -573,7 +572,7 @@ static bool client_acquire(Client *c, unsigned res, TortureMode mode, TortureSco
         r = new_acquire_message(c, res, mode, scope, timeout, ttl, use_lock, &m);
         if (r < 0)
                 g_error("slot %u: failed to build an Acquire: %s", c->slot, g_strerror(-r));
-        t_send = torture_now();
+        t_send = test_now_monotonic();
         r = sd_bus_call_async(c->bus, &slot, m, on_reply, &pending,
                               timeout == UINT64_MAX ? UINT64_MAX : timeout + TIMEOUT_MARGIN_USEC);
         if (r < 0)
@@ -587,7 +586,7 @@ static bool client_acquire(Client *c, unsigned res, TortureMode mode, TortureSco
                 r = torture_get_waiter_count(c->bus, &n, &e);
                 client_dispatch(c);
                 if (r >= 0 && !pending.reply) {
-                        t_queued = torture_now();
+                        t_queued = test_now_monotonic();
                         torture_count(c->s, CNT_QUEUED);
                 }
         }
@@ -601,7 +600,7 @@ static bool client_acquire(Client *c, unsigned res, TortureMode mode, TortureSco
                         g_error("slot %u: failed to wait for the bus: %s", c->slot, g_strerror(-r));
         }
         reply = TAKE_PTR(pending.reply);
-        t_done = torture_now();
+        t_done = test_now_monotonic();
         sender = g_strdup(sd_bus_message_get_sender(reply) ?: "-");
 
         if (!sd_bus_message_is_method_error(reply, NULL)) {
@@ -720,7 +719,7 @@ static void client_check_held(Client *c, Held *h) {
                 if (refresh) {
                         uint64_t expires = 0;
 
-                        ok = sd_bus_message_read(reply, "t", &expires) >= 0 && expires > torture_now_realtime();
+                        ok = sd_bus_message_read(reply, "t", &expires) >= 0 && expires > test_now_realtime();
                         break;
                 }
                 ok = owner_reply_find(reply, token, NULL, NULL, &found_mode, &found_scope) &&
@@ -750,14 +749,14 @@ static void client_check_held(Client *c, Held *h) {
 /* Sleeps up to usec as part of the workload, waking early when the run
  * stops or a generation dies (then fd holds of it leave at once). */
 static void client_pause(Client *c, uint64_t usec) {
-        uint64_t deadline = torture_now() + usec;
+        uint64_t deadline = test_now_monotonic() + usec;
 
         for (;;) {
                 uint32_t seq = atomic_load(&c->s->state_seq);
                 uint64_t n;
 
                 client_drop_dead_fd_holds(c);
-                n = torture_now();
+                n = test_now_monotonic();
                 if (atomic_load(&c->s->stop) || n >= deadline)
                         return;
                 torture_futex_wait(&c->s->state_seq, seq, deadline - n);
@@ -970,13 +969,11 @@ int torture_client_main(TortureRun *run, unsigned slot, unsigned incarnation, ui
                 .log_fd = log_fd,
         };
         char comm[16];
+        int r;
 
-        if (uid != geteuid()) {
-                gid_t gid = (gid_t) uid;
-
-                if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-                        g_error("slot %u: failed to become uid %u: %s", slot, (unsigned) uid, g_strerror(errno));
-        }
+        r = test_become_uid(uid);
+        if (r < 0)
+                g_error("slot %u: failed to become uid %u: %s", slot, (unsigned) uid, g_strerror(-r));
         /* After the uid change, which clears it: never outlive the harness. */
         (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() == 1)

@@ -45,21 +45,6 @@ void torture_shared_free(TortureShared *s) {
                 (void) munmap(s, sizeof(TortureShared));
 }
 
-static uint64_t now_clock(clockid_t clock) {
-        struct timespec ts;
-
-        (void) clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
-}
-
-uint64_t torture_now(void) {
-        return now_clock(CLOCK_MONOTONIC);
-}
-
-uint64_t torture_now_realtime(void) {
-        return now_clock(CLOCK_REALTIME);
-}
-
 void torture_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t timeout_usec) {
         struct timespec ts = {
                 .tv_sec = (time_t) (timeout_usec / 1000000U),

@@ -34,6 +34,7 @@
 
 #include "lockbus-names.h"
 #include "macro.h"
+#include "test-bus.h"
 
 #define TORTURE_MAX_CLIENTS     64U
 #define TORTURE_MAX_RESOURCES   64U
@@ -187,9 +188,6 @@ typedef struct TortureRun {
 TortureShared *torture_shared_new(void);
 void torture_shared_free(TortureShared *s);
 
-uint64_t torture_now(void);             /* CLOCK_MONOTONIC µs */
-uint64_t torture_now_realtime(void);
-
 /* futex on a shared word: wait while *word == expected, at most
  * timeout_usec (UINT64_MAX: no bound); wake everybody. */
 void torture_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t timeout_usec);
@@ -224,8 +222,10 @@ int torture_client_main(TortureRun *run, unsigned slot, unsigned incarnation, ui
 
 /* --- torture-bus.c ---------------------------------------------------------- */
 
-/* Writes DIR/bus.conf (system-like, the real io.lockbus1.conf, no service
- * directory) and starts dbus-daemon; returns its pid and the address. */
+/* Writes DIR/bus.conf (test-bus.h's system-like configuration with the
+ * real io.lockbus1.conf; no service directory, higher connection and reply
+ * limits) and starts dbus-daemon (dying with us); returns its pid and the
+ * address. */
 pid_t torture_bus_start(const char *dir, const char *dbus_dir, char **ret_address);
 
 sd_bus *torture_bus_connect(const char *address);
@@ -242,8 +242,6 @@ const char *name_watch_owner(NameWatch *w);
  * readable first (the process died) or after TORTURE_WAIT_USEC. */
 bool name_watch_wait_owned(NameWatch *w, int pidfd);
 bool name_watch_wait_unowned(NameWatch *w);
-/* Current owner via GetNameOwner (NULL if none). */
-char *torture_bus_get_name_owner(sd_bus *bus, const char *name);
 
 /* One row of ListLocks. */
 typedef struct ListedHold {
