@@ -26,6 +26,10 @@ set -euo pipefail
 #   valgrind                           the torture test under memcheck
 #                                      (run-fuzzers.sh; CI's fuzz pass); gcc
 #                                      brings ASan/UBSan for the sanitizer pass
+#   libcurl4-openssl-dev               the etcd client's HTTP (libcurl multi)
+#   libjson-glib-dev                   the etcd client's JSON
+#   etcd-server                        the etcd clusters of tests/etcd
+#   etcd-client                        etcdctl (debugging the test clusters)
 packages=(
         meson
         ninja-build
@@ -44,6 +48,10 @@ packages=(
         clang
         libclang-rt-14-dev
         valgrind
+        libcurl4-openssl-dev
+        libjson-glib-dev
+        etcd-server
+        etcd-client
 )
 
 check_only=false

@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <glib.h>
+
+#include "etcd-test.h"
+
+#define READY_TIMEOUT_USEC (60U * G_USEC_PER_SEC)
+/* capnslog (etcd 3.4's default logger) and zap say these once the member
+ * published itself through raft, i.e. the cluster has a leader. */
+#define READY_CAPNSLOG "ready to serve client requests"
+#define READY_ZAP "serving client traffic"
+
+typedef struct Member {
+        unsigned index;
+        char *name;
+        char *client_url;
+        char *peer_url;
+        char *data_dir;
+        pid_t pid;                      /* also its process group; 0 once reaped */
+        int stderr_fd;                  /* the drain thread's; -1 at EOF */
+        int log_fd;
+        GString *line;                  /* the drain thread's unfinished line */
+        bool ready;                     /* under the cluster's lock */
+        bool exited;
+} Member;
+
+struct EtcdCluster {
+        char *dir;
+        unsigned n;
+        Member *members;
+        char **endpoints;
+        int reaper_fd;                  /* write end: "pid N\n", "done\n" */
+        pid_t reaper;
+        GThread *drain;
+        GMutex lock;
+        GCond changed;
+};
+
+uint64_t test_now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * G_USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000U;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+        (void) remove(path);
+        return 0;
+}
+
+static void rm_rf(const char *path) {
+        (void) nftw(path, remove_entry, 16, FTW_PHYS | FTW_DEPTH);
+}
+
+/* Ports the kernel hands out for port 0, all bound at once (so they
+ * differ), then closed for etcd to take. */
+static void pick_ports(unsigned n, unsigned *ret) {
+        int fds[64];
+
+        g_assert_cmpuint(n, <=, G_N_ELEMENTS(fds));
+        for (unsigned i = 0; i < n; i++) {
+                struct sockaddr_in sa = {
+                        .sin_family = AF_INET,
+                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                };
+                socklen_t len = sizeof sa;
+
+                fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                g_assert_cmpint(fds[i], >=, 0);
+                g_assert_cmpint(bind(fds[i], (struct sockaddr *) &sa, sizeof sa), ==, 0);
+                g_assert_cmpint(getsockname(fds[i], (struct sockaddr *) &sa, &len), ==, 0);
+                ret[i] = ntohs(sa.sin_port);
+        }
+        for (unsigned i = 0; i < n; i++)
+                close(fds[i]);
+}
+
+char *test_dead_endpoint(void) {
+        unsigned port;
+
+        pick_ports(1, &port);
+        return g_strdup_printf("http://127.0.0.1:%u", port);
+}
+
+/* ---- the reaper: cleans up when the test program dies ------------------ */
+
+static void reaper_main(int fd, const char *dir) {
+        GArray *pids = g_array_new(false, false, sizeof(pid_t));
+        GString *in = g_string_new(NULL);
+        char buf[256];
+        ssize_t k;
+
+        for (;;) {
+                k = read(fd, buf, sizeof buf);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                g_string_append_len(in, buf, k);
+        }
+
+        /* A clean stop said "done" last: nothing to do. */
+        if (g_str_has_suffix(in->str, "done\n"))
+                _exit(EXIT_SUCCESS);
+
+        for (char *p = in->str; (p = strstr(p, "pid ")); p += 4) {
+                pid_t pid = (pid_t) strtol(p + 4, NULL, 10);
+
+                if (pid > 0)
+                        g_array_append_val(pids, pid);
+        }
+        for (unsigned i = 0; i < pids->len; i++)
+                (void) kill(-g_array_index(pids, pid_t, i), SIGKILL);
+        rm_rf(dir);
+        _exit(EXIT_SUCCESS);
+}
+
+static void start_reaper(EtcdCluster *c) {
+        int fds[2];
+        pid_t pid;
+
+        g_assert_cmpint(pipe2(fds, O_CLOEXEC), ==, 0);
+        pid = fork();
+        g_assert_cmpint(pid, >=, 0);
+        if (pid == 0) {
+                int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+                /* Never write into the TAP stream, never keep it open. */
+                if (null_fd >= 0) {
+                        dup2(null_fd, STDIN_FILENO);
+                        dup2(null_fd, STDOUT_FILENO);
+                        dup2(null_fd, STDERR_FILENO);
+                }
+                close(fds[1]);
+                /* Its own group: a kill of the test's group spares it. */
+                (void) setpgid(0, 0);
+                reaper_main(fds[0], c->dir);
+        }
+        close(fds[0]);
+        c->reaper_fd = fds[1];
+        c->reaper = pid;
+}
+
+static void reaper_say(EtcdCluster *c, const char *text) {
+        size_t n = strlen(text);
+
+        g_assert_cmpint(write(c->reaper_fd, text, n), ==, (ssize_t) n);
+}
+
+/* ---- the members' output ----------------------------------------------- */
+
+static void member_scan(EtcdCluster *c, Member *m, const char *data, size_t size) {
+        for (size_t i = 0; i < size; i++) {
+                if (data[i] != '\n') {
+                        if (m->line->len < 64 * 1024)
+                                g_string_append_c(m->line, data[i]);
+                        continue;
+                }
+                if (strstr(m->line->str, READY_CAPNSLOG) || strstr(m->line->str, READY_ZAP)) {
+                        g_mutex_lock(&c->lock);
+                        m->ready = true;
+                        g_cond_broadcast(&c->changed);
+                        g_mutex_unlock(&c->lock);
+                }
+                g_string_truncate(m->line, 0);
+        }
+}
+
+/* Copies every member's stderr to its log until all are closed. */
+static gpointer drain_thread(gpointer userdata) {
+        EtcdCluster *c = userdata;
+        g_autofree struct pollfd *pfds = g_new0(struct pollfd, c->n);
+        char buf[16384];
+
+        for (;;) {
+                unsigned n_open = 0;
+
+                for (unsigned i = 0; i < c->n; i++) {
+                        pfds[i] = (struct pollfd) { .fd = c->members[i].stderr_fd, .events = POLLIN };
+                        if (pfds[i].fd >= 0)
+                                n_open++;
+                }
+                if (n_open == 0)
+                        return NULL;
+
+                if (poll(pfds, c->n, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        g_error("poll: %s", g_strerror(errno));
+                }
+
+                for (unsigned i = 0; i < c->n; i++) {
+                        Member *m = &c->members[i];
+                        ssize_t k;
+
+                        if (pfds[i].fd < 0 || pfds[i].revents == 0)
+                                continue;
+                        k = read(m->stderr_fd, buf, sizeof buf);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k <= 0) {
+                                close(m->stderr_fd);
+                                g_mutex_lock(&c->lock);
+                                m->stderr_fd = -1;
+                                m->exited = true;
+                                g_cond_broadcast(&c->changed);
+                                g_mutex_unlock(&c->lock);
+                                continue;
+                        }
+                        if (write(m->log_fd, buf, (size_t) k) < 0) {
+                                /* The log is for humans; the scan is what counts. */
+                        }
+                        member_scan(c, m, buf, (size_t) k);
+                }
+        }
+}
+
+static void dump_logs(EtcdCluster *c) {
+        for (unsigned i = 0; i < c->n; i++) {
+                g_autofree char *path = g_strdup_printf("%s/%s.log", c->dir, c->members[i].name);
+                g_autofree char *text = NULL;
+                size_t len = 0;
+
+                if (!g_file_get_contents(path, &text, &len, NULL))
+                        continue;
+                fprintf(stderr, "---- %s (last 4 KiB) ----\n%s\n", path, text + (len > 4096 ? len - 4096 : 0));
+        }
+}
+
+/* ---- start and stop ----------------------------------------------------- */
+
+static char *find_etcd(void) {
+        const char *env = g_getenv("LOCKBUS_TEST_ETCD");
+
+        if (env && *env)
+                return g_strdup(env);
+        return g_find_program_in_path("etcd");
+}
+
+static void member_spawn(EtcdCluster *c, Member *m, const char *etcd, const char *initial_cluster, char **envp) {
+        g_autofree char *log_path = g_strdup_printf("%s/%s.log", c->dir, m->name);
+        g_autofree char *token = g_strdup_printf("lockbus-test-%d", (int) getpid());
+        g_autofree char *say = NULL;
+        const char *argv[] = {
+                etcd,
+                "--name", m->name,
+                "--data-dir", m->data_dir,
+                "--listen-client-urls", m->client_url,
+                "--advertise-client-urls", m->client_url,
+                "--listen-peer-urls", m->peer_url,
+                "--initial-advertise-peer-urls", m->peer_url,
+                "--initial-cluster", initial_cluster,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", token,
+                "--heartbeat-interval", "50",
+                "--election-timeout", "500",
+                NULL,
+        };
+        int fds[2];
+        pid_t pid;
+
+        m->log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        g_assert_cmpint(m->log_fd, >=, 0);
+        g_assert_cmpint(pipe2(fds, O_CLOEXEC), ==, 0);
+
+        pid = fork();
+        g_assert_cmpint(pid, >=, 0);
+        if (pid == 0) {
+                /* Only async-signal-safe calls from here on. */
+                int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+                (void) setpgid(0, 0);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(fds[1], STDOUT_FILENO) < 0 ||
+                    dup2(fds[1], STDERR_FILENO) < 0)
+                        _exit(127);
+                execve(etcd, (char **) argv, envp);
+                _exit(127);
+        }
+        /* Also here: no window in which the member has no group of its own. */
+        (void) setpgid(pid, pid);
+        close(fds[1]);
+        m->stderr_fd = fds[0];
+        m->pid = pid;
+
+        say = g_strdup_printf("pid %d\n", (int) pid);
+        reaper_say(c, say);
+}
+
+EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
+        g_autofree char *etcd = find_etcd();
+        g_autoptr(GError) error = NULL;
+        g_auto(GStrv) environ_list = NULL;
+        g_autoptr(GPtrArray) envp = NULL;
+        g_autoptr(GString) initial_cluster = g_string_new(NULL);
+        g_autofree unsigned *ports = g_new0(unsigned, 2 * n);
+        EtcdCluster *c;
+        gint64 started, deadline;
+
+        if (!etcd || access(etcd, X_OK) < 0) {
+                *ret_skip_reason = g_strdup("etcd not found (install etcd-server, or set LOCKBUS_TEST_ETCD)");
+                return NULL;
+        }
+
+        c = g_new0(EtcdCluster, 1);
+        c->n = n;
+        c->members = g_new0(Member, n);
+        g_mutex_init(&c->lock);
+        g_cond_init(&c->changed);
+        c->dir = g_dir_make_tmp("lockbus-etcd-XXXXXX", &error);
+        g_assert_no_error(error);
+        start_reaper(c);
+
+        pick_ports(2 * n, ports);
+        c->endpoints = g_new0(char *, n + 1);
+        for (unsigned i = 0; i < n; i++) {
+                Member *m = &c->members[i];
+
+                m->index = i;
+                m->name = g_strdup_printf("m%u", i);
+                m->client_url = g_strdup_printf("http://127.0.0.1:%u", ports[2 * i]);
+                m->peer_url = g_strdup_printf("http://127.0.0.1:%u", ports[2 * i + 1]);
+                m->data_dir = g_strdup_printf("%s/%s", c->dir, m->name);
+                m->stderr_fd = -1;
+                m->log_fd = -1;
+                m->line = g_string_new(NULL);
+                c->endpoints[i] = g_strdup(m->client_url);
+                g_string_append_printf(initial_cluster, "%s%s=%s", i > 0 ? "," : "", m->name, m->peer_url);
+        }
+
+        /* The members' environment: ours without ETCD_* settings. */
+        environ_list = g_get_environ();
+        envp = g_ptr_array_new();
+        for (char **e = environ_list; *e; e++)
+                if (!g_str_has_prefix(*e, "ETCD_"))
+                        g_ptr_array_add(envp, *e);
+        g_ptr_array_add(envp, NULL);
+
+        started = g_get_monotonic_time();
+        for (unsigned i = 0; i < n; i++)
+                member_spawn(c, &c->members[i], etcd, initial_cluster->str, (char **) envp->pdata);
+        c->drain = g_thread_new("etcd-drain", drain_thread, c);
+
+        deadline = started + READY_TIMEOUT_USEC;
+        g_mutex_lock(&c->lock);
+        for (;;) {
+                unsigned n_ready = 0, n_exited = 0;
+
+                for (unsigned i = 0; i < n; i++) {
+                        n_ready += c->members[i].ready;
+                        n_exited += c->members[i].exited && !c->members[i].ready;
+                }
+                if (n_ready == n)
+                        break;
+                if (n_exited > 0 || !g_cond_wait_until(&c->changed, &c->lock, deadline)) {
+                        g_mutex_unlock(&c->lock);
+                        dump_logs(c);
+                        g_error("etcd cluster in %s not ready: %u of %u members ready, %u exited", c->dir,
+                                n_ready, n, n_exited);
+                }
+        }
+        g_mutex_unlock(&c->lock);
+
+        g_test_message("etcd cluster of %u members ready in %" G_GINT64_FORMAT " ms (%s)", n,
+                       (g_get_monotonic_time() - started) / 1000, c->dir);
+        return c;
+}
+
+void etcd_cluster_kill_member(EtcdCluster *c, unsigned i) {
+        Member *m = &c->members[i];
+
+        if (m->pid <= 0)
+                return;
+        (void) kill(-m->pid, SIGKILL);
+        (void) waitpid(m->pid, NULL, 0);
+        m->pid = 0;
+}
+
+void etcd_cluster_stop(EtcdCluster *c) {
+        if (!c)
+                return;
+
+        for (unsigned i = 0; i < c->n; i++)
+                etcd_cluster_kill_member(c, i);
+        /* All stderr pipes are at EOF now (the members' groups are gone). */
+        g_thread_join(c->drain);
+
+        rm_rf(c->dir);
+        reaper_say(c, "done\n");
+        close(c->reaper_fd);
+        (void) waitpid(c->reaper, NULL, 0);
+
+        for (unsigned i = 0; i < c->n; i++) {
+                Member *m = &c->members[i];
+
+                if (m->log_fd >= 0)
+                        close(m->log_fd);
+                g_string_free(m->line, true);
+                g_free(m->name);
+                g_free(m->client_url);
+                g_free(m->peer_url);
+                g_free(m->data_dir);
+        }
+        g_free(c->members);
+        g_strfreev(c->endpoints);
+        g_mutex_clear(&c->lock);
+        g_cond_clear(&c->changed);
+        g_free(c->dir);
+        g_free(c);
+}
+
+char **etcd_cluster_endpoints(EtcdCluster *c) {
+        return c->endpoints;
+}
+
+const char *etcd_cluster_endpoint(EtcdCluster *c, unsigned i) {
+        g_assert_cmpuint(i, <, c->n);
+        return c->endpoints[i];
+}
+
+unsigned etcd_cluster_size(EtcdCluster *c) {
+        return c->n;
+}
+
+/* ---- the loop -------------------------------------------------------------- */
+
+void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec) {
+        uint64_t deadline = test_now_usec() + timeout_usec;
+
+        while (!*flag) {
+                uint64_t now = test_now_usec();
+                int r;
+
+                if (now >= deadline)
+                        g_error("nothing happened within %" G_GUINT64_FORMAT " ms", timeout_usec / 1000U);
+                r = sd_event_run(e, deadline - now);
+                g_assert_cmpint(r, >=, 0);
+        }
+}
+
+void test_run_for(sd_event *e, uint64_t usec) {
+        uint64_t deadline = test_now_usec() + usec;
+
+        for (;;) {
+                uint64_t now = test_now_usec();
+
+                if (now >= deadline)
+                        return;
+                g_assert_cmpint(sd_event_run(e, deadline - now), >=, 0);
+        }
+}
+
+char *test_key(const char *suffix) {
+        return g_strdup_printf("/lockbus-test%s/%s", g_test_get_path(), suffix);
+}

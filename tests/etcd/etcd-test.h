@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* What the etcd tests share: a real etcd cluster of N members on 127.0.0.1
+ * (Debian's etcd 3.4), and running an sd-event loop until something
+ * happened.
+ *
+ * The cluster lives in a g_dir_make_tmp() directory; each member runs in a
+ * process group of its own with its stderr read by a thread of the test,
+ * which copies it to DIR/mN.log and wakes etcd_cluster_start() when the
+ * member says it is ready to serve clients (an event, not a sleep). A
+ * reaper process forked at start kills every member's group and removes
+ * the directory when the test program ends in any way (a failed assertion
+ * aborts it); etcd_cluster_stop() does the same in order. */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+#include <systemd/sd-event.h>
+
+typedef struct EtcdCluster EtcdCluster;
+
+/* Starts n members and waits until every one serves clients. Returns NULL
+ * and a reason to skip (g_free()) if the etcd binary is missing; any other
+ * failure aborts the program with the members' logs on stderr. */
+EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason);
+void etcd_cluster_stop(EtcdCluster *c);
+
+/* A NULL-terminated list of the members' client URLs (borrowed). */
+char **etcd_cluster_endpoints(EtcdCluster *c);
+const char *etcd_cluster_endpoint(EtcdCluster *c, unsigned i);
+unsigned etcd_cluster_size(EtcdCluster *c);
+
+/* SIGKILLs member i's process group and reaps it. */
+void etcd_cluster_kill_member(EtcdCluster *c, unsigned i);
+
+/* "http://127.0.0.1:PORT" where nothing listens (a port the kernel gave
+ * out and that was closed again). */
+char *test_dead_endpoint(void);
+
+/* Runs the loop until *flag is true; fails the test after timeout_usec. */
+void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec);
+/* Runs the loop for usec (to show that nothing more happens). */
+void test_run_for(sd_event *e, uint64_t usec);
+
+uint64_t test_now_usec(void);
+
+/* A key below this test's own prefix "/lockbus-test/<test path>/" so
+ * cases sharing a cluster never see each other's keys (g_free()). */
+char *test_key(const char *suffix);
