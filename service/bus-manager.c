@@ -389,8 +389,12 @@ static void on_change_committed(Manager *m, int error, void *userdata) {
 }
 
 /* Answers a call that released holds once the release is durable (the
- * group commit), so that an acknowledged unlock never comes back. */
+ * group commit), so that an acknowledged unlock never comes back. A call
+ * that expects no answer (lockbus_unlock_nowait()) does not hurry the
+ * commit: the release becomes durable with the next one. */
 static int reply_after_commit(Manager *m, sd_bus_message *message) {
+        if (!sd_bus_message_get_expect_reply(message))
+                return 1;
         manager_after_commit(m, on_change_committed, sd_bus_message_ref(message));
         return 1;
 }

@@ -120,21 +120,26 @@ static int on_commit_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 #define COMMIT_DELAY_MAX_USEC 2000U
 
 static void manager_arm_commit(Manager *m) {
-        int enabled = SD_EVENT_OFF;
-        int r;
+        int source_enabled = SD_EVENT_OFF, timer_enabled = SD_EVENT_OFF;
+        bool answers_wait = !g_queue_is_empty(&m->after_commit);
+        int r = 0;
 
-        if (!store_needs_sync(m->store) && g_queue_is_empty(&m->after_commit))
+        if (!store_needs_sync(m->store) && !answers_wait)
                 return;
 
-        (void) sd_event_source_get_enabled(m->commit_source, &enabled);
-        if (enabled != SD_EVENT_OFF)
-                return;
-
-        r = sd_event_source_set_enabled(m->commit_source, SD_EVENT_ONESHOT);
-        if (r >= 0)
+        /* With answers waiting, commit as soon as the bus is drained.
+         * Changes nobody waits for (an Unlock sent without expecting a
+         * reply, a drop at start) wait for the timer, so that the next
+         * grant's commit usually takes them along. */
+        (void) sd_event_source_get_enabled(m->commit_source, &source_enabled);
+        (void) sd_event_source_get_enabled(m->commit_timer, &timer_enabled);
+        if (answers_wait && source_enabled == SD_EVENT_OFF)
+                r = sd_event_source_set_enabled(m->commit_source, SD_EVENT_ONESHOT);
+        if (r >= 0 && timer_enabled == SD_EVENT_OFF) {
                 r = sd_event_source_set_time_relative(m->commit_timer, COMMIT_DELAY_MAX_USEC);
-        if (r >= 0)
-                r = sd_event_source_set_enabled(m->commit_timer, SD_EVENT_ONESHOT);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(m->commit_timer, SD_EVENT_ONESHOT);
+        }
         if (r < 0) {
                 log_warning_errno(r, "Failed to schedule the group commit, committing now: %m");
                 (void) manager_commit(m);
