@@ -226,6 +226,8 @@ static void json_key(JsonWriter *j, const char *key) {
         fputs("\": ", j->f);
 }
 
+const char *json_tag = NULL;
+
 void json_begin(JsonWriter *j, FILE *f) {
         *j = (JsonWriter) { .f = f, .first = true };
         fputc('{', f);
@@ -285,6 +287,8 @@ void json_histogram(JsonWriter *j, const char *prefix, const Histogram *h) {
 }
 
 void json_end(JsonWriter *j) {
+        if (json_tag)
+                json_string(j, "tag", json_tag);
         fputs("}\n", j->f);
         fflush(j->f);
 }

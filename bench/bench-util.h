@@ -76,6 +76,11 @@ typedef struct JsonWriter {
         bool first;
 } JsonWriter;
 
+/* If set (lockbus-bench --tag=), json_end() adds "tag": json_tag to every
+ * object: runs made under other conditions (e.g. pinned to one CPU) stay
+ * apart from the ordinary ones in the raw lines. */
+extern const char *json_tag;
+
 void json_begin(JsonWriter *j, FILE *f);
 void json_string(JsonWriter *j, const char *key, const char *value);
 void json_uint(JsonWriter *j, const char *key, uint64_t value);

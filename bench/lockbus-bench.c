@@ -58,6 +58,8 @@ static void help(void) {
                "     --pair=CASE       run: interleave CASE with the first, in slices\n"
                "     --slice=SEC       run --pair: length of one slice (default 0.1)\n"
                "     --rep=N           Repetition number, copied to the output\n"
+               "     --tag=NAME        Copied to the output as \"tag\" (runs under other\n"
+               "                       conditions, e.g. one-cpu: pinned to one CPU)\n"
                "     --iterations=N    handoff, cold, scale-holds probes\n"
                "     --count=N         scale-holds, scale-waiters, peer-limit\n"
                "     --connections=N   scale-holds (default 4)\n"
@@ -121,6 +123,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_UIDS,
                 ARG_PAIR,
                 ARG_SLICE,
+                ARG_TAG,
         };
         static const struct option options[] = {
                 { "help",         no_argument,       NULL, 'h'              },
@@ -142,6 +145,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "uids",         required_argument, NULL, ARG_UIDS         },
                 { "pair",         required_argument, NULL, ARG_PAIR         },
                 { "slice",        required_argument, NULL, ARG_SLICE        },
+                { "tag",          required_argument, NULL, ARG_TAG          },
                 {}
         };
         unsigned u;
@@ -205,6 +209,15 @@ static int parse_argv(int argc, char *argv[]) {
                                 bench_log("--slice= must be more than 0.");
                                 r = -EINVAL;
                         }
+                        break;
+                case ARG_TAG:
+                        /* A plain name: it is a JSON value and a report.py key. */
+                        if (optarg[0] == '\0' || optarg[strspn(optarg, "abcdefghijklmnopqrstuvwxyz"
+                                                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")] != '\0') {
+                                bench_log("--tag= needs a name of letters, digits, '.', '_' and '-', got '%s'.", optarg);
+                                return -EINVAL;
+                        }
+                        json_tag = optarg;
                         break;
                 case ARG_UIDS:
                         r = parse_unsigned("uids", optarg, &arg_uids);

@@ -53,6 +53,15 @@ FLOOR_OF = {c: ("ping-direct" if "-direct" in c else "ping") for c in LOCKBUS_OR
 # Ping rate itself, not ÷ 2.
 ONE_ROUND_TRIP = {"conn-excl-nowait", "pers-excl-nowait", "conn-excl-direct-nowait", "pers-excl-direct-nowait",
                   "redis-pipelined"}
+# The step "one CPU" of run.sh: lockbusd, dbus-daemon, redis-server and the
+# client pinned to CPU 0, 1 client; its lines carry "tag": "one-cpu". Lines
+# with any tag stay out of every other table and target. Each case here,
+# with the peer cycle it is compared with.
+ONE_CPU_TAG = "one-cpu"
+ONE_CPU_ORDER = ["ping-direct", "conn-excl-direct", "conn-excl-direct-nowait", "ping", "conn-excl",
+                 "redis", "redis-pipelined"]
+ONE_CPU_VS = {"conn-excl-direct": ["redis"], "conn-excl-direct-nowait": ["redis", "redis-pipelined"],
+              "conn-excl": ["redis"]}
 
 
 def median(values):
@@ -97,7 +106,7 @@ def closed_loop(raw):
     """(case, clients) → list of per-repetition records."""
     groups = {}
     for r in raw:
-        if "clients" in r and r.get("case") in LABELS and "pair" not in r:
+        if "clients" in r and r.get("case") in LABELS and "pair" not in r and "tag" not in r:
             groups.setdefault((r["case"], r["clients"]), []).append(r)
     return groups
 
@@ -145,7 +154,8 @@ def paired(raw):
     is two calls)."""
     groups = {}
     for r in raw:
-        if "pair" in r and "error" not in r and r.get("ops", 0) > 0 and r.get("pair_ops", 0) > 0:
+        if ("pair" in r and "tag" not in r and "error" not in r and r.get("ops", 0) > 0
+                and r.get("pair_ops", 0) > 0):
             groups.setdefault((r["case"], r["pair"], r["clients"]), []).append(r)
     rows = []
     for (case, pair, clients), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
@@ -190,7 +200,50 @@ def rep_ratio(groups, num, den, clients, den_clients=None, den_half=False):
 
 
 def scenario(raw, case):
-    return [r for r in raw if r.get("case") == case]
+    return [r for r in raw if r.get("case") == case and "tag" not in r]
+
+
+def one_cpu(raw):
+    """The lines of the step "one CPU" (1 client, all on CPU 0): one row per
+    case with its medians, the CPU time of one operation (1e6 ÷ ops/s: one
+    CPU did all the work) and its ratio to the peer cycles of ONE_CPU_VS,
+    taken per repetition."""
+    groups = {}
+    for r in raw:
+        if r.get("tag") == ONE_CPU_TAG and r.get("case") in LABELS and "pair" not in r:
+            groups.setdefault(r["case"], []).append(r)
+    rows = []
+    for case in ONE_CPU_ORDER + sorted(set(groups) - set(ONE_CPU_ORDER)):
+        if case not in groups:
+            continue
+        ok = by_rep(groups[case])
+        ops = median([r["ops_per_sec"] for r in ok.values()])
+        row = {
+            "case": case,
+            "description": LABELS[case],
+            "clients": 1,
+            "reps": len(ok),
+            "ops_per_sec": ops,
+            "ops_per_sec_reps": [round(r["ops_per_sec"], 1) for r in sorted(ok.values(), key=lambda r: r["rep"])],
+            "lat_p50_us": median([r.get("lat_p50_us") for r in ok.values()]),
+            "lat_p99_us": median([r.get("lat_p99_us") for r in ok.values()]),
+            "cpu_us_per_op": 1e6 / ops if ops else None,
+            "lockbusd_cpu_us_per_op": median([r.get("lockbusd_cpu_us_per_op") for r in ok.values()]),
+            "dbus_daemon_cpu_us_per_op": median([r.get("dbus_daemon_cpu_us_per_op") for r in ok.values()]),
+            "errors": [r["error"] for r in groups[case] if "error" in r],
+            "ratio_to": {},
+        }
+        for other in ONE_CPU_VS.get(case, []):
+            theirs = by_rep(groups.get(other, []))
+            ratios = [ok[k]["ops_per_sec"] / theirs[k]["ops_per_sec"] for k in ok if k in theirs]
+            if ratios:
+                row["ratio_to"][other] = median(ratios)
+        rows.append(row)
+    return rows
+
+
+def find_one_cpu(orows, case):
+    return next((r for r in orows if r["case"] == case), None)
 
 
 def scenario_medians(records, keys):
@@ -199,7 +252,7 @@ def scenario_medians(records, keys):
         "reps": len(ok), "errors": [r["error"] for r in records if "error" in r]}
 
 
-def targets_table(rows, groups, prows, raw, handoff, scale, cold, cli):
+def targets_table(rows, groups, prows, raw, handoff, scale, cold, cli, orows):
     t = []
 
     def add(name, measured, holds, detail=""):
@@ -250,6 +303,20 @@ def targets_table(rows, groups, prows, raw, handoff, scale, cold, cli):
                      f"; like for like, against redis-pipelined (one round trip too): {like:.2f} × ({like_how})")
         add(f"direct-socket cycle ≥ Redis cycle, {n} (Unlock not waited for)",
             None if ratio is None else f"{ratio:.2f} × ({how}){like_text}",
+            None if ratio is None else ratio >= 1.0)
+    # The same, all on one CPU (the step "one CPU"): no cross-CPU wakeups, so
+    # the ratio is that of the CPU time one cycle costs, client and server
+    # together. The plain cycle against redis, the nowait cycle against its
+    # like, redis-pipelined.
+    for case, other, how in (("conn-excl-direct", "redis", "Unlock waited for, vs redis"),
+                             ("conn-excl-direct-nowait", "redis-pipelined",
+                              "Unlock not waited for, vs redis-pipelined")):
+        a, b = find_one_cpu(orows, case), find_one_cpu(orows, other)
+        ratio = a["ratio_to"].get(other) if a else None
+        add(f"direct-socket cycle ≥ Redis cycle, all on one CPU, 1 client ({how})",
+            None if ratio is None or not b else
+            f"{ratio:.2f} × ({a['ops_per_sec']:.0f} vs {b['ops_per_sec']:.0f} cycles/s, pinned to CPU 0; "
+            f"{a['cpu_us_per_op']:.1f} vs {b['cpu_us_per_op']:.1f} µs of CPU per cycle)",
             None if ratio is None else ratio >= 1.0)
     # The handoff against the Ping its waiter makes at the same moments.
     ping1 = find(rows, "ping", 1)
@@ -362,7 +429,61 @@ plot {', '.join(plots)}
     return out + ".png"
 
 
-def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png):
+def one_cpu_markdown(w, meta, rows, groups, orows):
+    w("## All on one CPU (pinned)")
+    w("")
+    if not orows:
+        w(f"Not measured ({meta.get('one_cpu') or 'no lines tagged one-cpu'}).")
+        w("")
+        return
+    w("lockbusd, the bus's dbus-daemon, redis-server (all their threads) and the client pinned to CPU 0 "
+      "with taskset, 1 client, the same cases otherwise; run after the repetitions above, "
+      f"{orows[0]['reps']} × {meta.get('duration_s')} s, medians. With a single CPU doing all the work, "
+      "ops/s is the inverse of the whole CPU time of one operation, client and server (and bus) together: "
+      "*CPU/op* = 10⁶ ÷ ops/s, an upper bound (whatever else ran on CPU 0 counts too). Pings are one "
+      "call, not ÷ 2. *vs Redis* is the cycle rate ÷ Redis's, per repetition, median.")
+    w("")
+    w("| case | ops/s | p50 | p99 | CPU/op | of which lockbusd | vs redis | vs redis-pipelined | reps |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in orows:
+        err = f" ⚠ {r['errors'][0]}" if r["errors"] else ""
+        lb = fmt(r["lockbusd_cpu_us_per_op"], 1, " µs") if r["case"] not in PEER_ORDER else "–"
+        w(f"| {r['case']}{err} | {fmt(r['ops_per_sec'])} | {fmt_us(r['lat_p50_us'])} | {fmt_us(r['lat_p99_us'])} | "
+          f"{fmt(r['cpu_us_per_op'], 1, ' µs')} | {lb} | {fmt_ratio(r['ratio_to'].get('redis'))} | "
+          f"{fmt_ratio(r['ratio_to'].get('redis-pipelined'))} | {r['reps']} |")
+    w("")
+
+    def compare(case):
+        u, p = find(rows, case, 1), find_one_cpu(orows, case)
+        if not u or not p or not u["ops_per_sec"] or not p["ops_per_sec"]:
+            return None
+        reps = [x.get("lat_p50_us") for x in sorted(by_rep(groups.get((case, 1), [])).values(),
+                                                     key=lambda x: x["rep"])]
+        per_rep = ("; per repetition " + ", ".join(fmt_us(x) for x in reps)) if len(reps) > 1 else ""
+        return (f"{fmt(u['ops_per_sec'])}/s (p50 {fmt_us(u['lat_p50_us'])}{per_rep}) unpinned and "
+                f"{fmt(p['ops_per_sec'])}/s (p50 {fmt_us(p['lat_p50_us'])}) pinned")
+
+    facts = []
+    for case, what in (("ping-direct", "a Ping on the direct socket"), ("ping", "a Ping through the bus"),
+                       ("redis", "a Redis cycle")):
+        c = compare(case)
+        if c:
+            facts.append(f"{what} did {c}")
+    w("Why: at 1 client every operation is a wakeup of the server, then of the client, and the time of that "
+      "wakeup depends on where the scheduler has put the two. On this VM a wakeup on the other vCPU costs "
+      "tens of µs (the idle vCPU has to be woken), one on the same CPU a few µs; an unpinned 1-client run "
+      "lands on one or the other by chance and stays there, so its latency is bimodal from run to run, and "
+      "Redis (one process, one connection) lands on one CPU with its client more often than lockbus does. "
+      "The unpinned 1-client comparisons with the peers therefore mostly measure placement luck. "
+      + (f"In this run, {'; '.join(facts)}. " if facts else "")
+      + "Pinned, nothing crosses CPUs and no one waits for a CPU to wake: the figures are what an operation "
+      "costs, which is the fair comparison of lockbus with Redis at 1 client (at 8 and 32 clients both CPUs "
+      "are busy and placement matters much less).")
+    w("")
+
+
+def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png,
+             orows):
     md = []
     w = md.append
     w(f"# lockbus benchmark, {meta.get('date', '')}")
@@ -371,7 +492,7 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
       f"{meta.get('duration_s')} s measured, {meta.get('reps')} repetitions, medians. "
       f"Commit {meta.get('git_commit')}{' with uncommitted changes to the daemon or library' if meta.get('git_dirty') else ''}, "
       f"release build. {meta.get('nproc')} vCPU ({meta.get('cpu')}), {meta.get('mem_gib')} GiB, "
-      f"kernel {meta.get('kernel')}. Processes not pinned (no taskset); the machine is shared "
+      f"kernel {meta.get('kernel')}. Processes not pinned (no taskset) except in \"All on one CPU\"; the machine is shared "
       f"(load average {meta.get('loadavg_start', '?')} at the start, {meta.get('loadavg_end', '?')} at the end, "
       f"on {meta.get('nproc')} vCPUs): compare within this run, by ratios.")
     w("")
@@ -461,6 +582,8 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
               f"{fmt_us(p['lat_p50_us'])} | {fmt_us(p['pair_lat_p50_us'])} | "
               f"{', '.join(f'{x:.2f}' for x in p['ratio_reps'])} |")
         w("")
+
+    one_cpu_markdown(w, meta, rows, groups, orows)
 
     w("## Handoff, contention, scale, start, CLI")
     w("")
@@ -582,14 +705,17 @@ def main():
     contended = [r for r in rows if r["case"] == "contended"]
 
     prows = paired(raw)
-    targets = targets_table(rows, groups, prows, raw, handoffs.get("handoff", {}), scale, cold, cli)
+    orows = one_cpu(raw)
+    targets = targets_table(rows, groups, prows, raw, handoffs.get("handoff", {}), scale, cold, cli, orows)
     png = write_plot(rows, meta, args.out)
-    md = markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png)
+    md = markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png,
+                  orows)
 
     result = {
         "meta": meta,
         "closed_loop": rows,
         "paired": prows,
+        "one_cpu": orows,
         "handoff": handoffs,
         "scale_holds": scale,
         "scale_waiters": waiters,

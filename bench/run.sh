@@ -8,7 +8,7 @@
 # directories, runs every case, stops everything it started, and writes
 # bench/results/<date>.json, .md and .png. See bench/README.md.
 #
-#   bench/run.sh                  full run (~16 min): 4 s per case, 3 repetitions
+#   bench/run.sh                  full run (~18 min): 4 s per case, 3 repetitions
 #   bench/run.sh --quick          quick run (~1-2 min): 1 s, 1 repetition, smaller scale cases
 #   bench/run.sh --duration=SEC --reps=N   other times
 #
@@ -17,6 +17,8 @@
 # perf record lockbusd during the connection cycle, into <date>-profile.txt),
 # --keep (leave the temporary directories for a look), --uid-base=UID (the
 # 32 client users' first uid, default 61000, if those are taken).
+# After the repetitions, the step "one CPU" runs a few 1-client cases with
+# lockbusd, dbus-daemon, redis-server and the clients all pinned to CPU 0.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,7 @@ keep=false
 uid_base=61000
 
 usage() {
-        sed -n '4,19s/^# \{0,1\}//p' "$0"
+        sed -n '4,21s/^# \{0,1\}//p' "$0"
 }
 
 die() {
@@ -331,6 +333,7 @@ fi
 # --- The peers --------------------------------------------------------------------
 
 redis_socket=""
+redis_pid=""
 pg_conninfo=""
 etcd_url=""
 
@@ -354,7 +357,8 @@ if "$with_peers"; then
         redis-server --port 0 --unixsocket "$work/redis/redis.sock" --unixsocketperm 700 \
                 --save '' --appendonly no --dir "$work/redis" --daemonize no \
                 --logfile "$work/redis/redis.log" </dev/null >/dev/null 2>&1 &
-        pids+=($!)
+        redis_pid=$!
+        pids+=("$redis_pid")
         wait_for 10 redis-cli -s "$work/redis/redis.sock" ping || die "redis-server did not start"
         redis_socket="$work/redis/redis.sock"
         echo "redis $(redis-server --version | grep -o 'v=[^ ]*') at $redis_socket"
@@ -390,6 +394,16 @@ fi
 
 mkdir -p "$work/flock"
 
+# The step "one CPU" pins lockbusd, dbus-daemon, redis-server and the
+# clients to CPU 0 (see there); it needs taskset and a second CPU.
+if ! command -v taskset >/dev/null; then
+        one_cpu="skipped: taskset not found"
+elif (($(nproc) < 2)); then
+        one_cpu="skipped: one CPU only"
+else
+        one_cpu="lockbusd, the main dbus-daemon, redis-server (all threads) and the harness with its clients pinned to CPU 0 (taskset), 1 client, lines tagged one-cpu"
+fi
+
 # --- Meta data ----------------------------------------------------------------------
 
 git_commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -409,6 +423,7 @@ cat >"$work/meta.json" <<EOF
   "nproc": $(nproc),
   "mem_gib": $(awk '/^MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo),
   "pinned": false,
+  "one_cpu": "$one_cpu",
   "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "clients_as": "users lockbus-bench-NN (uids $uid_base + i), one per client process; peers' clients as root",
   "direct_socket": $([[ -n "$direct_socket" ]] && echo true || echo false),
@@ -427,7 +442,11 @@ EOF
 # --- The closed loop ------------------------------------------------------------------
 
 # run_case CASE CLIENTS REP [ARGS...]: one line into $raw (a line with
-# "error" if the harness could not print one).
+# "error" if the harness could not print one). The harness runs under
+# ${harness_prefix[@]} (taskset in the step "one CPU"), and its lines get
+# "tag": $run_tag if that is set.
+harness_prefix=()
+run_tag=""
 run_case() {
         local bench_case="$1" clients="$2" rep="$3" watch=() line
         shift 3
@@ -435,8 +454,9 @@ run_case() {
         owner_pid="$("$harness" daemon-pid 2>/dev/null || true)"
         [[ "$owner_pid" =~ ^[0-9]+$ ]] && watch+=("--watch=lockbusd:$owner_pid")
         watch+=("--watch=dbus_daemon:$main_bus_pid")
-        if line="$("$harness" run "$bench_case" --clients="$clients" --duration="$duration" --warmup="$warmup" \
-                        --rep="$rep" "${watch[@]}" --flock-dir="$work/flock" --uid-base="$uid_base" \
+        if line="$("${harness_prefix[@]}" "$harness" run "$bench_case" --clients="$clients" --duration="$duration" \
+                        --warmup="$warmup" --rep="$rep" ${run_tag:+--tag="$run_tag"} "${watch[@]}" \
+                        --flock-dir="$work/flock" --uid-base="$uid_base" \
                         ${direct_socket:+--direct-socket="$direct_socket"} \
                         ${redis_socket:+--redis-socket="$redis_socket"} \
                         ${pg_conninfo:+--postgres="$pg_conninfo"} \
@@ -444,8 +464,8 @@ run_case() {
                 echo "$line" >>"$raw"
         else
                 [[ -n "$line" ]] && echo "$line" >>"$raw" ||
-                        printf '{"case": "%s", "clients": %s, "rep": %s, "error": "the harness failed"}\n' \
-                                "$bench_case" "$clients" "$rep" >>"$raw"
+                        printf '{"case": "%s", "clients": %s, "rep": %s, "error": "the harness failed"%s}\n' \
+                                "$bench_case" "$clients" "$rep" "${run_tag:+, \"tag\": \"$run_tag\"}" >>"$raw"
         fi
         # The daemons log every grant and release; keep tmpfs small.
         : >"$rt/main-lockbusd.log"
@@ -503,6 +523,49 @@ for ((rep = 1; rep <= reps; rep++)); do
         run_scenario handoff --iterations="$handoff_iterations"
         [[ -n "$direct_socket" ]] && run_scenario handoff --iterations="$handoff_iterations" --direct-socket="$direct_socket"
 done
+
+# --- All on one CPU ---------------------------------------------------------------------
+
+# At 1 client the latency depends on where the scheduler puts the client and
+# the server: on a VM a wakeup on the other vCPU costs tens of µs, one on the
+# same CPU a few, and a run lands on one or the other by chance (Redis often
+# on one CPU, lockbus less often). With everything on CPU 0 there is no
+# cross-CPU wakeup, and ops/s is the inverse of the whole CPU time of one
+# operation (client + server + bus): what an operation costs. PostgreSQL is
+# left out (it forks a backend per connection), as are the disk-bound
+# persistent cycles. The lines are tagged one-cpu: report.py keeps them out
+# of every other table and target.
+step "one CPU: lockbusd, dbus-daemon, redis-server and the clients on CPU 0, 1 client"
+if [[ "$one_cpu" == skipped:* ]]; then
+        echo "$one_cpu; the step is skipped"
+else
+        one_cpu_all="0-$(($(nproc) - 1))"
+        one_cpu_pids=()
+        pid="$("$harness" daemon-pid 2>/dev/null || true)"
+        [[ "$pid" =~ ^[0-9]+$ ]] && one_cpu_pids+=("$pid")
+        one_cpu_pids+=("$main_bus_pid")
+        [[ -n "$redis_pid" ]] && one_cpu_pids+=("$redis_pid")
+        for pid in "${one_cpu_pids[@]}"; do
+                taskset -a -pc 0 "$pid" >/dev/null || die "taskset -a -pc 0 $pid failed"
+        done
+        echo "pinned to CPU 0: lockbusd, dbus-daemon${redis_pid:+, redis-server} (pids ${one_cpu_pids[*]}) and the harness"
+        one_cpu_cases=(ping conn-excl)
+        [[ -n "$direct_socket" ]] && one_cpu_cases+=(ping-direct conn-excl-direct conn-excl-direct-nowait)
+        [[ -n "$redis_socket" ]] && one_cpu_cases+=(redis redis-pipelined)
+        harness_prefix=(taskset -c 0)
+        run_tag=one-cpu
+        for ((rep = 1; rep <= reps; rep++)); do
+                for bench_case in "${one_cpu_cases[@]}"; do
+                        run_case "$bench_case" 1 "$rep"
+                done
+        done
+        harness_prefix=()
+        run_tag=""
+        for pid in "${one_cpu_pids[@]}"; do
+                taskset -a -pc "$one_cpu_all" "$pid" >/dev/null || die "taskset -a -pc $one_cpu_all $pid failed"
+        done
+        echo "affinity restored to CPUs $one_cpu_all"
+fi
 
 # --- CLI: lockbusctl lock + unlock vs two busctl calls ----------------------------------
 
