@@ -1,0 +1,265 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Cluster-wide locks on etcd: the decision rules of lock-table.h, made by
+ * every lockbusd of a cluster over the same etcd keys. No D-Bus here: the
+ * bus layer translates calls into the functions below, as it does for the
+ * LockTable. Everything is asynchronous on the instance's sd-event loop, on
+ * top of etcd.h; callbacks run from the loop, never from inside the
+ * function that started the operation.
+ *
+ * Keys. Every request (granted or waiting) is one key
+ *   <prefix>/locks/<escaped resource>/<machine-id>.<instance>.<seq>
+ * (escaped: every byte outside [A-Za-z0-9_.-] as %XX, so no resource name
+ * holds a '/' and one resource's keys are exactly the keys under
+ * ".../<escaped>/"; instance: 16 random hex digits per ClusterLocks; seq:
+ * a counter). The value is a JSON document that describes the request:
+ * resource, mode, scope, uid, pid, comm, sender, machine_id, hostname,
+ * instance, since, ttl, expires (µs, CLOCK_REALTIME), description, owner.
+ *
+ * Order and tokens. A resource's keys are ordered by create_revision; a
+ * key's create_revision is its fencing token. etcd revisions grow strictly
+ * with every write of the whole cluster and a put to an existing key keeps
+ * its create_revision, so tokens increase strictly cluster-wide and never
+ * repeat, also across daemon restarts (they are etcd's, not ours).
+ *
+ * Decision (as lock_table_check): the entry with the lowest create_revision
+ * is granted; an exclusive request is granted when no entry precedes it, a
+ * shared one when every entry before it is shared. So a new request never
+ * passes a waiter (FIFO), a shared request behind a waiting exclusive one
+ * waits (no writer starvation), and adjacent shared entries at the head
+ * are granted together. Not re-entrant: if another entry (granted or
+ * waiting) has the caller as owner -- a persistent entry of the caller's
+ * uid on this machine, or a connection/fd entry of the caller's sender on
+ * this instance -- the request is refused at once (-EALREADY).
+ *
+ * Acquire: one txn puts the request's key on the instance lease and reads
+ * the resource's keys (the read sees the put); the decision is made on that
+ * read. Not granted with timeout 0: the key is deleted, then -EBUSY with
+ * the first entry (a holder) named. Waiting: the request watches only the
+ * entry that blocks it (exclusive: the entry just before it; shared: the
+ * last exclusive entry before it), from the read's revision + 1, so no
+ * deletion between the read and the watch is missed; on its DELETE (or if
+ * the watch ends: compaction, member gone) the resource is read again and
+ * decided again, watching the next blocker if still blocked. Nobody polls,
+ * and a deletion wakes only the one request behind it (shared requests
+ * behind one exclusive wake together, and are granted together). Timeout:
+ * the key is deleted, then -ETIMEDOUT. Granting a persistent hold (or one
+ * granted after waiting) puts the key again, compared on its
+ * create_revision: persistent holds move off the instance lease (lease 0,
+ * or a lease of their own with the hold's TTL); the grant is reported only
+ * after that put succeeded.
+ *
+ * The instance lease. cluster_locks_start() grants one lease of
+ * lease_ttl_usec (rounded up to seconds) and renews it every TTL/3.
+ * Connection and fd holds stay on it: if this daemon dies, etcd deletes
+ * them after the TTL and the other hosts' waiters are granted. The lease
+ * counts as LOST when a renewal says it does not exist, or when no renewal
+ * succeeded for TTL measured from the *send* time of the last one that did
+ * (CLOCK_BOOTTIME, so suspend counts). The lease_lost callback then gets
+ * the holds that were on it; requests waiting on it fail with -ENOLINK; a
+ * new lease is granted (retried with backoff until etcd answers) and ready
+ * is called again. Between the loss and the new lease, acquire fails with
+ * -ENOTCONN.
+ *
+ * Safety argument.
+ * 1. No false grant. A grant is reported only from the answer of a txn or
+ *    range that etcd served (linearizable reads), in which the request's
+ *    key existed and no conflicting entry preceded it. Entries created
+ *    later have larger create_revisions, so they sort after ours and never
+ *    take precedence; entries before ours only go away. So while our key
+ *    exists, no other request's decision can grant a conflicting hold. Any
+ *    failure (etcd unreachable, timeout, unknown outcome, a lease that
+ *    changed under the request) is reported as that error and nothing is
+ *    granted; a key that may have been written is deleted in the
+ *    background (retried until etcd answers; unknown outcomes once more a
+ *    TTL later, in case the write was committed late), and it is on the
+ *    instance lease anyway.
+ * 2. Holds end only through their key. A hold is released by deleting its
+ *    key, compared on its create_revision, so a stale handle never deletes
+ *    a newer request's key. etcd deletes the keys of an expired lease.
+ * 3. Losing the lease. etcd expires a lease no sooner than TTL after it
+ *    received the last renewal, which is after we sent it. We count the
+ *    lease as lost at send time + TTL, i.e. before etcd can expire it and
+ *    before any other host can be granted what we held (up to clock rate
+ *    differences between the hosts, which are tiny against a TTL of
+ *    seconds). Holders are told then. A daemon cut off from etcd therefore
+ *    tells its holders before their locks can be given to anyone else.
+ * 4. Late writers. A holder that keeps acting after its hold is lost (it
+ *    did not hear, or was paused) is caught by fencing: its token is an
+ *    older create_revision than the next holder's, and the protected
+ *    resource rejects writes with a smaller token than it has seen.
+ * 5. Persistent holds outlive the instance: their key has no lease (or a
+ *    lease of their own that only Refresh renews). A crash between the
+ *    acquire txn and the put that makes them persistent leaves the key on
+ *    the instance lease: it vanishes after the TTL, and the caller never
+ *    heard of a grant.
+ *
+ * Not here: Break, quotas, the bus. */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <systemd/sd-event.h>
+
+#include "etcd.h"
+#include "hold.h"
+#include "macro.h"
+
+typedef struct ClusterLocks ClusterLocks;
+typedef struct ClusterAcquire ClusterAcquire;
+typedef struct ClusterHold ClusterHold;
+
+typedef struct ClusterHost {
+        const char *machine_id;         /* 32 lowercase hex digits (/etc/machine-id) */
+        const char *hostname;
+} ClusterHost;
+
+/* One key of the lock space as read from etcd: a hold or a waiting
+ * request. Owned by whoever gives it out; strings are never NULL. */
+typedef struct ClusterEntry {
+        char *key;
+        char *resource;
+        LockMode mode;
+        HoldScope scope;
+        uint64_t token;                 /* the key's create_revision */
+        int64_t lease;                  /* 0: none */
+        uid_t uid;
+        pid_t pid;
+        char *comm;
+        char *sender;
+        char *machine_id;
+        char *hostname;
+        char *instance;
+        char *owner;
+        char *description;
+        uint64_t since_usec;            /* CLOCK_REALTIME */
+        uint64_t ttl_usec;              /* 0: none */
+        uint64_t expires_usec;          /* CLOCK_REALTIME, 0: never */
+        bool is_valid;                  /* false: the value did not parse (treated as an exclusive entry) */
+} ClusterEntry;
+
+void cluster_entry_clear(ClusterEntry *e);
+
+typedef struct ClusterLocksCallbacks {
+        /* A lease is in place (after start, and again after each loss). */
+        void (*ready)(ClusterLocks *c, int64_t lease_id, void *userdata);
+        /* The instance lease was lost: holds (n of them, possibly 0) were on
+         * it and are gone; they are freed when this returns. */
+        void (*lease_lost)(ClusterLocks *c, ClusterHold * const *holds, size_t n, void *userdata);
+} ClusterLocksCallbacks;
+
+/* prefix: the key prefix, e.g. "/lockbus" (no trailing '/'). host is
+ * copied. etcd and event must outlive the instance. */
+int cluster_locks_new(sd_event *event, EtcdClient *etcd, const char *prefix, const ClusterHost *host,
+                      uint64_t lease_ttl_usec, ClusterLocks **ret);
+
+/* Grants the instance lease and keeps it alive. callbacks is copied. */
+int cluster_locks_start(ClusterLocks *c, const ClusterLocksCallbacks *callbacks, void *userdata);
+
+/* Cancels every pending acquire (without callbacks), stops renewing and
+ * revokes the lease, so this instance's connection and fd holds and its
+ * waiting keys go at once. callback (may be NULL) gets etcd's answer. */
+int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int error, void *userdata),
+                       void *userdata);
+
+/* Frees everything without callbacks and without telling etcd: like a
+ * crash, the lease's keys go after its TTL. May be called from any callback
+ * of the instance. NULL-safe; returns NULL. */
+ClusterLocks *cluster_locks_free(ClusterLocks *c);
+DEFINE_TRIVIAL_CLEANUP_FUNC(ClusterLocks *, cluster_locks_free);
+
+/* The current instance lease (0: none), and the instance's random id. */
+int64_t cluster_locks_get_lease(const ClusterLocks *c);
+const char *cluster_locks_get_instance(const ClusterLocks *c);
+
+/* ---- acquire ------------------------------------------------------------ */
+
+typedef struct ClusterRequest {
+        const char *resource;           /* a valid resource name */
+        LockMode mode;
+        HoldScope scope;
+        uint64_t timeout_usec;          /* 0: try once; UINT64_MAX: forever */
+        uint64_t ttl_usec;              /* 0: none */
+        uid_t uid;
+        pid_t pid;
+        const char *comm;
+        const char *sender;             /* required unless persistent */
+        const char *description;        /* may be NULL */
+} ClusterRequest;
+
+/* error:
+ *   0            granted: hold is the new hold (owned by the instance, valid
+ *                until released or reported lost)
+ *   -EBUSY       not granted and no time left to wait: blocker is the first
+ *                entry of the resource (a holder)
+ *   -EALREADY    the caller already holds or waits for it: blocker is that entry
+ *   -ETIMEDOUT   waited timeout_usec (the request's key is gone)
+ *   -ENOLINK     the instance lease was lost while the request was pending
+ *   other        etcd failed (error_message says how); nothing is granted.
+ * Borrowed arguments, valid during the callback. The ClusterAcquire is
+ * freed when it returns. */
+typedef void (*ClusterAcquireCallback)(ClusterAcquire *a, int error, const char *error_message, ClusterHold *hold,
+                                       const ClusterEntry *blocker, void *userdata);
+
+/* Fails at once only for bad arguments (-EINVAL), or -ENOTCONN without a
+ * lease (not started, or lost and not granted again). ret may be NULL. */
+int cluster_locks_acquire(ClusterLocks *c, const ClusterRequest *request, ClusterAcquireCallback callback,
+                          void *userdata, ClusterAcquire **ret);
+
+/* The caller left: the request's key is deleted in the background, no
+ * callback. NULL-safe; a no-op from inside its own callback. */
+void cluster_acquire_cancel(ClusterAcquire *a);
+
+/* The request's key (for tests and logs). */
+const char *cluster_acquire_get_key(const ClusterAcquire *a);
+
+/* ---- holds --------------------------------------------------------------- */
+
+const ClusterEntry *cluster_hold_get_entry(const ClusterHold *h);
+void cluster_hold_set_userdata(ClusterHold *h, void *userdata);
+void *cluster_hold_get_userdata(const ClusterHold *h);
+
+/* Every hold of this instance (borrowed), in grant order. */
+GPtrArray *cluster_locks_get_holds(ClusterLocks *c);
+
+/* Makes a handle for an entry read with owner/list (e.g. a persistent hold
+ * granted by an earlier daemon on this machine), so it can be released or
+ * refreshed. */
+int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **ret);
+
+/* Deletes the hold's key (compared on its token). error 0: released;
+ * -ENOENT: it was gone already (expired, lease lost); both free the hold
+ * after the callback. Any other error: etcd failed, the hold is kept.
+ * callback NULL: the hold is forgotten at once and its key deleted in the
+ * background, retried until etcd answers. */
+typedef void (*ClusterDoneCallback)(ClusterLocks *c, int error, const char *error_message, void *userdata);
+int cluster_locks_release(ClusterLocks *c, ClusterHold *h, ClusterDoneCallback callback, void *userdata);
+
+/* Renews the hold's TTL: expires_usec is the new expiry (CLOCK_REALTIME;
+ * 0 for a hold without TTL, which changes nothing). A persistent hold with
+ * a TTL has a lease of its own, renewed here; a connection or fd hold's TTL
+ * is the caller's timer (its new expiry is written to the value).
+ * -ENOENT: the hold is gone (freed after the callback). */
+typedef void (*ClusterRefreshCallback)(ClusterLocks *c, int error, const char *error_message,
+                                       uint64_t expires_usec, void *userdata);
+int cluster_locks_refresh(ClusterLocks *c, ClusterHold *h, ClusterRefreshCallback callback, void *userdata);
+
+/* ---- reading ----------------------------------------------------------- */
+
+/* entries: the granted entries (the compatible head of each resource's
+ * order), sorted by resource (bytewise), then token; n_waiting: the other
+ * entries. Borrowed, valid during the callback. */
+typedef void (*ClusterQueryCallback)(ClusterLocks *c, int error, const char *error_message,
+                                     const ClusterEntry * const *entries, size_t n, size_t n_waiting,
+                                     void *userdata);
+
+/* One resource (n 0: not locked) / every resource. */
+int cluster_locks_owner(ClusterLocks *c, const char *resource, ClusterQueryCallback callback, void *userdata);
+int cluster_locks_list(ClusterLocks *c, ClusterQueryCallback callback, void *userdata);
+
+/* ---- exposed for tests -------------------------------------------------- */
+
+/* The key component for a resource name (g_free()). */
+char *cluster_resource_escape(const char *resource);
