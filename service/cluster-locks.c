@@ -956,6 +956,8 @@ static void acquire_finish(ClusterAcquire *a, int error, const char *message, Cl
 
 /* Fails the request; its key, if it may exist, is deleted in the background. */
 static void acquire_fail(ClusterAcquire *a, int error, const char *message) {
+        revoke_lease(a->cluster, a->hold_lease);
+        a->hold_lease = 0;
         if (a->key)
                 cleanup_key(a->cluster, a->key, a->token, a->token == 0);
         acquire_finish(a, error, message, NULL, NULL);
@@ -1200,7 +1202,6 @@ static void on_finalized(EtcdCall *call, int error, const char *error_message, c
 
         a->call = NULL;
         if (error < 0 || !result->succeeded) {
-                revoke_lease(a->cluster, a->hold_lease);
                 acquire_fail(a, error < 0 ? error : -ENOLINK,
                              error < 0 ? error_message : "the request's key vanished while it was granted");
                 return;
@@ -1238,7 +1239,6 @@ static void acquire_finalize(ClusterAcquire *a) {
                 r = etcd_txn(a->cluster->etcd, t, on_finalized, a, &a->call);
         if (r < 0) {
                 a->call = NULL;
-                revoke_lease(a->cluster, a->hold_lease);
                 acquire_fail(a, r, "could not write the grant");
         }
 }
@@ -1325,9 +1325,9 @@ static int on_acquire_timeout(sd_event_source *s, uint64_t usec, void *userdata)
         case ACQUIRE_FINALIZE:
         case ACQUIRE_RANGE:
         case ACQUIRE_WATCH:
-                if (a->state == ACQUIRE_FINALIZE || a->hold_lease != 0)
-                        /* Its answer may still come: the grant is not reported, the lease goes. */
-                        revoke_lease(a->cluster, a->hold_lease);
+                /* A finalize may still land: the grant is not reported, its lease goes. */
+                revoke_lease(a->cluster, a->hold_lease);
+                a->hold_lease = 0;
                 acquire_delete_then_fail(
                         a, -ETIMEDOUT,
                         g_strdup_printf("Timed out waiting for resource '%s'", a->resource), NULL);
@@ -1432,8 +1432,10 @@ void cluster_acquire_cancel(ClusterAcquire *a) {
                 g_queue_delete_link(&c->acquires, a->link);
                 a->link = NULL;
         }
-        if (a->hold_lease != 0)
+        if (!c->dead) {
                 revoke_lease(c, a->hold_lease);
+                a->hold_lease = 0;
+        }
         if (!c->dead)
                 cleanup_key(c, a->key, a->token, a->token == 0);
         acquire_free(a);

@@ -160,7 +160,10 @@ int cluster_locks_start(ClusterLocks *c, const ClusterLocksCallbacks *callbacks,
 
 /* Cancels every pending acquire (without callbacks), stops renewing and
  * revokes the lease, so this instance's connection and fd holds and its
- * waiting keys go at once. callback (may be NULL) gets etcd's answer. */
+ * waiting keys go at once (their ClusterHolds are freed here, without the
+ * lease_lost callback). Persistent holds stay. callback (may be NULL) gets
+ * etcd's answer. Afterwards only release, refresh, owner, list and free
+ * are of use. */
 int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int error, void *userdata),
                        void *userdata);
 
@@ -196,7 +199,8 @@ typedef struct ClusterRequest {
  *                entry of the resource (a holder)
  *   -EALREADY    the caller already holds or waits for it: blocker is that entry
  *   -ETIMEDOUT   waited timeout_usec (the request's key is gone)
- *   -ENOLINK     the instance lease was lost while the request was pending
+ *   -ENOLINK     the instance lease was lost while the request was pending,
+ *                or its key vanished (lease expired)
  *   other        etcd failed (error_message says how); nothing is granted.
  * Borrowed arguments, valid during the callback. The ClusterAcquire is
  * freed when it returns. */
@@ -221,7 +225,8 @@ const ClusterEntry *cluster_hold_get_entry(const ClusterHold *h);
 void cluster_hold_set_userdata(ClusterHold *h, void *userdata);
 void *cluster_hold_get_userdata(const ClusterHold *h);
 
-/* Every hold of this instance (borrowed), in grant order. */
+/* Every hold of this instance: a new array of borrowed pointers (holds
+ * being released or refreshed are not in it until etcd answered). */
 GPtrArray *cluster_locks_get_holds(ClusterLocks *c);
 
 /* Makes a handle for an entry read with owner/list (e.g. a persistent hold
@@ -238,7 +243,8 @@ typedef void (*ClusterDoneCallback)(ClusterLocks *c, int error, const char *erro
 int cluster_locks_release(ClusterLocks *c, ClusterHold *h, ClusterDoneCallback callback, void *userdata);
 
 /* Renews the hold's TTL: expires_usec is the new expiry (CLOCK_REALTIME;
- * 0 for a hold without TTL, which changes nothing). A persistent hold with
+ * 0 for a hold without TTL: nothing changes, but a hold whose key is gone
+ * is found out). A persistent hold with
  * a TTL has a lease of its own, renewed here; a connection or fd hold's TTL
  * is the caller's timer (its new expiry is written to the value).
  * -ENOENT: the hold is gone (freed after the callback). */

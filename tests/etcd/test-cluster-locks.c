@@ -748,6 +748,45 @@ static void test_persistent_survives_crash(Fixture *f, gconstpointer data) {
         g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
 }
 
+static void on_stopped(ClusterLocks *c, int error, void *userdata) {
+        Done *d = userdata;
+
+        d->done = true;
+        d->error = error;
+}
+
+/* A clean stop revokes the lease: the other host's waiter is granted at
+ * once, not after the (long) TTL; persistent holds stay. */
+static void test_stop_revokes(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq p = {}, conn = {}, w = {};
+        _cleanup_(query_clear) Query q = {};
+        Req wait = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX, .sender = ":1.b" };
+        Host c = {};
+        Done d = {};
+        uint64_t stopped;
+
+        SKIP_WITHOUT_CLUSTER();
+
+        host_start(&c, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 60 * SEC);
+        g_assert_cmpint(acq_sync(f, &c, "kept", &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &p), ==, 0);
+        g_assert_cmpint(acq_sync(f, &c, "conn", &excl, &conn), ==, 0);
+        acq_start(f, &f->b, "conn", &wait, &w);
+
+        stopped = test_now_usec();
+        g_assert_cmpint(cluster_locks_stop(c.locks, on_stopped, &d), ==, 0);
+        test_run_until(f->event, &d.done, WAIT_USEC);
+        g_assert_cmpint(d.error, ==, 0);
+        test_run_until(f->event, &w.done, WAIT_USEC);
+        g_assert_cmpint(w.error, ==, 0);
+        g_assert_cmpuint(w.finished - stopped, <, 10 * SEC);
+        host_stop(&c);
+
+        g_assert_cmpint(owner_sync(f, &f->a, "kept", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        g_assert_cmpstr(query_entry(&q, 0)->hostname, ==, "host-c");
+        g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
+}
+
 static void test_persistent_ttl_refresh(Fixture *f, gconstpointer data) {
         _cleanup_(acq_clear) Acq p = {};
         Req pers = { .mode = LOCK_MODE_EXCLUSIVE, .scope = HOLD_SCOPE_PERSISTENT, .ttl = 30 * SEC };
@@ -972,6 +1011,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/tokens/increase", test_tokens_increase);
         ADD("/cluster/persistent/survives-crash", test_persistent_survives_crash);
         ADD("/cluster/persistent/ttl-refresh", test_persistent_ttl_refresh);
+        ADD("/cluster/stop/revokes", test_stop_revokes);
         ADD("/cluster/query/owner-list", test_owner_list);
         ADD("/cluster/failure/lease-revoked", test_lease_revoked);
         ADD("/cluster/failure/member-killed", test_member_killed);
