@@ -201,7 +201,10 @@ typedef struct ClusterRequest {
  *   -ETIMEDOUT   waited timeout_usec (the request's key is gone)
  *   -ENOLINK     the instance lease was lost while the request was pending,
  *                or its key vanished (lease expired)
- *   other        etcd failed (error_message says how); nothing is granted.
+ *   other        etcd failed (error_message says how), also while waiting
+ *                (when the resource could not be read again after its watch
+ *                ended); nothing is granted, the key is deleted in the
+ *                background.
  * Borrowed arguments, valid during the callback. The ClusterAcquire is
  * freed when it returns. */
 typedef void (*ClusterAcquireCallback)(ClusterAcquire *a, int error, const char *error_message, ClusterHold *hold,
