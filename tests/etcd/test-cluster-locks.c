@@ -10,7 +10,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <glib.h>
 #include <systemd/sd-event.h>
@@ -942,6 +947,169 @@ static void test_lease_revoked(Fixture *f, gconstpointer data) {
         host_stop(&d);
 }
 
+/* ---- a TCP proxy that can lose etcd's answers ------------------------------ */
+
+typedef struct Proxy Proxy;
+
+typedef struct ProxyPair {
+        Proxy *proxy;
+        int client_fd, upstream_fd;
+        sd_event_source *client_io, *upstream_io;
+} ProxyPair;
+
+struct Proxy {
+        sd_event *event;
+        int listen_fd;
+        sd_event_source *accept_io;
+        struct sockaddr_in upstream;
+        GPtrArray *pairs;               /* ProxyPair * */
+        bool drop;                      /* answers are lost: both ends closed */
+        unsigned n_dropped;
+        char *url;
+};
+
+static void pair_free(ProxyPair *p) {
+        sd_event_source_disable_unref(p->client_io);
+        sd_event_source_disable_unref(p->upstream_io);
+        close(p->client_fd);
+        close(p->upstream_fd);
+        g_free(p);
+}
+
+static void pair_close(ProxyPair *p) {
+        g_ptr_array_remove(p->proxy->pairs, p);
+}
+
+static bool write_all(int fd, const char *data, size_t n) {
+        while (n > 0) {
+                ssize_t k = write(fd, data, n);
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        return false;
+                data += k;
+                n -= (size_t) k;
+        }
+        return true;
+}
+
+static int on_pair_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        ProxyPair *p = userdata;
+        bool from_upstream = fd == p->upstream_fd;
+        char buf[65536];
+        ssize_t k;
+
+        k = read(fd, buf, sizeof buf);
+        if (k < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (k <= 0) {
+                pair_close(p);
+                return 0;
+        }
+        if (from_upstream && p->proxy->drop) {
+                /* etcd answered; the caller never hears it. */
+                p->proxy->n_dropped++;
+                pair_close(p);
+                return 0;
+        }
+        if (!write_all(from_upstream ? p->client_fd : p->upstream_fd, buf, (size_t) k))
+                pair_close(p);
+        return 0;
+}
+
+static int on_proxy_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Proxy *x = userdata;
+        ProxyPair *p;
+        int cfd, ufd;
+
+        cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (cfd < 0)
+                return 0;
+        ufd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        g_assert_cmpint(ufd, >=, 0);
+        if (connect(ufd, (struct sockaddr *) &x->upstream, sizeof x->upstream) < 0) {
+                close(ufd);
+                close(cfd);
+                return 0;
+        }
+        p = g_new0(ProxyPair, 1);
+        p->proxy = x;
+        p->client_fd = cfd;
+        p->upstream_fd = ufd;
+        g_assert_cmpint(sd_event_add_io(x->event, &p->client_io, cfd, EPOLLIN, on_pair_io, p), >=, 0);
+        g_assert_cmpint(sd_event_add_io(x->event, &p->upstream_io, ufd, EPOLLIN, on_pair_io, p), >=, 0);
+        g_ptr_array_add(x->pairs, p);
+        return 0;
+}
+
+static void proxy_start(Proxy *x, sd_event *e, const char *upstream_url) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof sa;
+        const char *port = strrchr(upstream_url, ':');
+
+        g_assert_nonnull(port);
+        *x = (Proxy) {
+                .event = e,
+                .pairs = g_ptr_array_new_with_free_func((GDestroyNotify) pair_free),
+                .upstream = {
+                        .sin_family = AF_INET,
+                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                        .sin_port = htons((uint16_t) atoi(port + 1)),
+                },
+        };
+        x->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        g_assert_cmpint(x->listen_fd, >=, 0);
+        g_assert_cmpint(bind(x->listen_fd, (struct sockaddr *) &sa, sizeof sa), ==, 0);
+        g_assert_cmpint(listen(x->listen_fd, 16), ==, 0);
+        g_assert_cmpint(getsockname(x->listen_fd, (struct sockaddr *) &sa, &len), ==, 0);
+        x->url = g_strdup_printf("http://127.0.0.1:%u", ntohs(sa.sin_port));
+        g_assert_cmpint(sd_event_add_io(e, &x->accept_io, x->listen_fd, EPOLLIN, on_proxy_accept, x), >=, 0);
+}
+
+static void proxy_stop(Proxy *x) {
+        sd_event_source_disable_unref(x->accept_io);
+        close(x->listen_fd);
+        g_ptr_array_unref(x->pairs);
+        g_free(x->url);
+}
+
+/* etcd applies the acquire's txn but its answer is lost: the caller gets an
+ * error, never a grant, and the key it wrote is deleted once etcd answers
+ * again. */
+static void test_unknown_outcome(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq lost = {}, other = {};
+        _cleanup_(counter_stop) KeyCounter k = {};
+        Proxy x;
+        Host p = {};
+
+        SKIP_WITHOUT_CLUSTER();
+
+        proxy_start(&x, f->event, etcd_cluster_endpoint(cluster, 1));
+        host_start(&p, f->event, (char *[]) { x.url, NULL }, f->prefix, MACHINE_C, "host-p", 30 * SEC);
+        counter_start(f, &k);
+
+        x.drop = true;
+        acq_sync(f, &p, "uo", &excl, &lost);
+        g_test_message("acquire whose answer was lost: %s", lost.message);
+        g_assert_cmpint(lost.error, <, 0);
+        g_assert_null(lost.hold);
+        g_assert_cmpuint(x.n_dropped, >=, 1);
+        /* etcd did write it. */
+        run_until_count(f, &k.n_created, 1);
+
+        /* Answers come through again: the key goes (the instance lease is
+         * still alive, so this is the background delete, not the TTL). */
+        x.drop = false;
+        run_until_count(f, &k.n_deleted, 1);
+        g_assert_cmpint(count_keys(f, &f->a, "uo"), ==, 0);
+        g_assert_cmpint(acq_sync(f, &f->b, "uo", &excl, &other), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, other.hold), ==, 0);
+
+        host_stop(&p);
+        proxy_stop(&x);
+}
+
 /* Breaks the shared cluster: last of the shared ones. */
 static void test_member_killed(Fixture *f, gconstpointer data) {
         _cleanup_(acq_clear) Acq h = {}, w = {}, again = {};
@@ -1063,6 +1231,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/stop/revokes", test_stop_revokes);
         ADD("/cluster/query/owner-list", test_owner_list);
         ADD("/cluster/failure/lease-revoked", test_lease_revoked);
+        ADD("/cluster/failure/unknown-outcome", test_unknown_outcome);
         ADD("/cluster/failure/member-killed", test_member_killed);
         ADD("/cluster/failure/lease-lost", test_lease_lost);
 
