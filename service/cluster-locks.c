@@ -55,6 +55,7 @@ struct ClusterLocks {
         sd_event_source *deadline_timer;
         sd_event_source *grant_timer;
 
+        ClusterLocksStats stats;
         GQueue holds;                   /* ClusterHold* */
         GQueue acquires;                /* ClusterAcquire* */
         GQueue ops;                     /* Op* */
@@ -804,6 +805,10 @@ const char *cluster_locks_get_instance(const ClusterLocks *c) {
         return c->instance;
 }
 
+ClusterLocksStats cluster_locks_get_stats(const ClusterLocks *c) {
+        return c->stats;
+}
+
 static void acquire_free(ClusterAcquire *a);
 
 static void cluster_destroy(ClusterLocks *c) {
@@ -1043,6 +1048,7 @@ static void acquire_watch(ClusterAcquire *a, const ClusterEntry *blocker, int64_
         int r;
 
         a->state = ACQUIRE_WATCH;
+        a->cluster->stats.n_watches++;
         a->waited = true;
         g_free(a->watch_key);
         a->watch_key = g_strdup(blocker->key);
@@ -1074,6 +1080,7 @@ static void acquire_range(ClusterAcquire *a) {
         int r;
 
         a->state = ACQUIRE_RANGE;
+        a->cluster->stats.n_reads++;
         r = etcd_range(a->cluster->etcd, a->range_prefix, strlen(a->range_prefix), &options, on_range, a,
                        &a->call);
         if (r < 0) {
@@ -1408,6 +1415,7 @@ int cluster_locks_acquire(ClusterLocks *c, const ClusterRequest *request, Cluste
 
         g_queue_push_tail(&c->acquires, a);
         a->link = c->acquires.tail;
+        c->stats.n_acquires++;
         if (ret)
                 *ret = a;
         return 0;

@@ -270,5 +270,14 @@ int cluster_locks_list(ClusterLocks *c, ClusterQueryCallback callback, void *use
 
 /* ---- exposed for tests -------------------------------------------------- */
 
+/* What this instance asked etcd, for tests and metrics. */
+typedef struct ClusterLocksStats {
+        uint64_t n_acquires;            /* acquire txns sent */
+        uint64_t n_reads;               /* a waiter read its resource again */
+        uint64_t n_watches;             /* a waiter started watching its blocker */
+} ClusterLocksStats;
+
+ClusterLocksStats cluster_locks_get_stats(const ClusterLocks *c);
+
 /* The key component for a resource name (g_free()). */
 char *cluster_resource_escape(const char *resource);

@@ -2,9 +2,18 @@
 
 /* The cluster lock algorithm (service/cluster-locks.[ch]) against a real
  * 3-member etcd 3.4 cluster: two ClusterLocks instances with different
- * machine ids act as two hosts, on one sd-event loop. Every case waits on
- * events (a callback, a watch event); a case that shows that something
- * does NOT happen runs the loop for a moment (test_run_for). The cases
+ * machine ids act as two hosts, on one sd-event loop; each case has a key
+ * prefix of its own. Every case waits on events (a callback, a watch event
+ * on the case's prefix, the instance's counters moving); a case that shows
+ * that something does NOT happen runs the loop for a moment
+ * (test_run_for). Cases: exclusion across hosts and the conflict naming
+ * holder and host; shared holds across hosts; FIFO over two hosts; no
+ * writer starvation; adjacent shared waiters granted together; a release
+ * waking only the waiter behind it; timeout; cancel of a middle waiter;
+ * not re-entrant; tokens; a stale handle; a foreign key; persistent holds
+ * outliving a crashed instance whose connection holds go after the TTL; a
+ * persistent TTL and Refresh; a clean stop; Owner and List; a revoked
+ * lease; an acquire whose answer is lost (a proxy drops it). The cases
  * that break a cluster come last: one member killed (of the shared
  * cluster), and every member killed (a cluster of its own). */
 
@@ -605,6 +614,54 @@ static void test_shared_granted_together(Fixture *f, gconstpointer data) {
         g_assert_cmpint(release_sync(f, &f->b, x.hold), ==, 0);
 }
 
+/* No thundering herd: a release wakes only the waiter right behind it;
+ * the others watch other keys and never read the resource again. */
+static void test_no_herd(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq h = {};
+        _cleanup_(counter_stop) KeyCounter k = {};
+        _cleanup_(query_clear) Query q = {};
+        ClusterLocksStats before, after;
+        Acq w[4] = {};
+        Req r = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX };
+
+        SKIP_WITHOUT_CLUSTER();
+        counter_start(f, &k);
+
+        g_assert_cmpint(acq_sync(f, &f->a, "herd", &excl, &h), ==, 0);
+        for (unsigned i = 0; i < G_N_ELEMENTS(w); i++) {
+                g_autofree char *sender = g_strdup_printf(":1.w%u", i);
+
+                r.sender = sender;
+                acq_queue(f, &k, &f->b, "herd", &r, &w[i]);
+        }
+        /* Every waiter has its answer and watches its blocker. */
+        while (cluster_locks_get_stats(f->b.locks).n_watches < G_N_ELEMENTS(w))
+                g_assert_cmpint(sd_event_run(f->event, WAIT_USEC), >, 0);
+        before = cluster_locks_get_stats(f->b.locks);
+        g_assert_cmpuint(before.n_watches, ==, G_N_ELEMENTS(w));
+        g_assert_cmpuint(before.n_reads, ==, 0);
+
+        g_assert_cmpint(release_sync(f, &f->a, h.hold), ==, 0);
+        test_run_until(f->event, &w[0].done, WAIT_USEC);
+        g_assert_cmpint(w[0].error, ==, 0);
+        /* Give any other wake-up time to show. */
+        g_assert_cmpint(owner_sync(f, &f->b, "herd", &q), ==, 0);
+        g_assert_cmpuint(q.n_waiting, ==, G_N_ELEMENTS(w) - 1);
+        test_run_for(f->event, 300 * MSEC);
+
+        after = cluster_locks_get_stats(f->b.locks);
+        g_assert_cmpuint(after.n_reads - before.n_reads, ==, 1);
+        g_assert_cmpuint(after.n_watches, ==, before.n_watches);
+        for (unsigned i = 1; i < G_N_ELEMENTS(w); i++) {
+                g_assert_false(w[i].done);
+                cluster_acquire_cancel(w[i].handle);
+                w[i].handle = NULL;
+        }
+        g_assert_cmpint(release_sync(f, &f->b, w[0].hold), ==, 0);
+        for (unsigned i = 0; i < G_N_ELEMENTS(w); i++)
+                acq_clear(&w[i]);
+}
+
 static void test_timeout(Fixture *f, gconstpointer data) {
         _cleanup_(acq_clear) Acq h = {}, w = {};
         Req r = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = 500 * MSEC, .sender = ":1.w" };
@@ -624,6 +681,7 @@ static void test_cancel_middle(Fixture *f, gconstpointer data) {
         _cleanup_(acq_clear) Acq h = {}, w1 = {}, w2 = {};
         _cleanup_(counter_stop) KeyCounter k = {};
         Req r = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX };
+        ClusterLocksStats before;
 
         SKIP_WITHOUT_CLUSTER();
         counter_start(f, &k);
@@ -636,10 +694,17 @@ static void test_cancel_middle(Fixture *f, gconstpointer data) {
 
         /* The middle one leaves: its key goes, the last one re-targets its
          * watch to the holder and is not granted. */
+        while (cluster_locks_get_stats(f->a.locks).n_watches < 1)
+                g_assert_cmpint(sd_event_run(f->event, WAIT_USEC), >, 0);
+        before = cluster_locks_get_stats(f->a.locks);
         cluster_acquire_cancel(w1.handle);
         w1.handle = NULL;
         run_until_count(f, &k.n_deleted, 1);
-        test_run_for(f->event, 500 * MSEC);
+        /* It read the resource again and watches the holder now. */
+        while (cluster_locks_get_stats(f->a.locks).n_watches < before.n_watches + 1)
+                g_assert_cmpint(sd_event_run(f->event, WAIT_USEC), >, 0);
+        g_assert_cmpuint(cluster_locks_get_stats(f->a.locks).n_reads, ==, before.n_reads + 1);
+        test_run_for(f->event, 300 * MSEC);
         g_assert_false(w2.done);
         g_assert_cmpint(count_keys(f, &f->a, "mid"), ==, 2);
 
@@ -1220,6 +1285,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/fifo/arrival-order", test_fifo);
         ADD("/cluster/shared/no-writer-starvation", test_no_writer_starvation);
         ADD("/cluster/shared/granted-together", test_shared_granted_together);
+        ADD("/cluster/wait/no-herd", test_no_herd);
         ADD("/cluster/wait/timeout", test_timeout);
         ADD("/cluster/wait/cancel-middle", test_cancel_middle);
         ADD("/cluster/reentry/refused", test_not_reentrant);
