@@ -18,6 +18,7 @@
 #define CLEANUP_BACKOFF_MAX_USEC (5U * 1000U * 1000U)
 #define GRANT_BACKOFF_MIN_USEC (100U * 1000U)
 #define TIMER_ACCURACY_USEC (1000U)
+#define MAX_WATCH_ERRORS 8U
 
 typedef enum AcquireState {
         ACQUIRE_TXN,            /* the put + range txn is in flight */
@@ -87,6 +88,7 @@ struct ClusterAcquire {
         bool cancelled;                 /* the caller left while the txn was in flight */
         bool timed_out;
         bool in_callback;
+        unsigned n_watch_errors;        /* in a row, none confirmed */
         int pending_error;              /* ACQUIRE_DELETE: the answer after the delete */
         char *pending_message;
         ClusterEntry *pending_blocker;
@@ -1029,16 +1031,28 @@ static void on_watch_event(EtcdWatch *w, const EtcdEvent *event, void *userdata)
         acquire_range(a);
 }
 
+static void on_watch_created(EtcdWatch *w, int64_t revision, void *userdata) {
+        ClusterAcquire *a = userdata;
+
+        a->n_watch_errors = 0;
+}
+
 static void on_watch_error(EtcdWatch *w, int error, const char *error_message, void *userdata) {
         ClusterAcquire *a = userdata;
 
-        /* Compaction, a member gone: read again, watch again. */
         a->watch = NULL;
+        /* Compaction, a member gone: read again, watch again. But a watch
+         * that keeps failing before etcd confirmed it would spin. */
+        if (++a->n_watch_errors > MAX_WATCH_ERRORS) {
+                acquire_fail(a, error, error_message);
+                return;
+        }
         acquire_range(a);
 }
 
 static void acquire_watch(ClusterAcquire *a, const ClusterEntry *blocker, int64_t revision) {
         static const EtcdWatchCallbacks callbacks = {
+                .created = on_watch_created,
                 .event = on_watch_event,
                 .error = on_watch_error,
         };
@@ -1156,9 +1170,16 @@ static void acquire_evaluate(ClusterAcquire *a, const EtcdKeyValue *kvs, size_t 
                 const ClusterEntry *first = entries->pdata[0];
                 g_autofree char *who = describe_holder(first);
 
-                acquire_delete_then_fail(a, a->timed_out ? -ETIMEDOUT : -EBUSY,
-                                         g_strdup_printf("Resource '%s' already locked by %s", a->resource, who),
-                                         first);
+                if (a->timed_out)
+                        acquire_delete_then_fail(
+                                a, -ETIMEDOUT,
+                                g_strdup_printf("Timed out waiting for resource '%s' (locked by %s)", a->resource,
+                                                who),
+                                NULL);
+                else
+                        acquire_delete_then_fail(
+                                a, -EBUSY,
+                                g_strdup_printf("Resource '%s' already locked by %s", a->resource, who), first);
                 return;
         }
         acquire_watch(a, blocker, revision);
