@@ -105,7 +105,8 @@ struct ClusterHold {
         GList *link;                    /* in cluster->holds, NULL while detached */
         ClusterEntry entry;
         int64_t lease;
-        unsigned lease_generation;      /* for holds on the instance lease */
+        bool on_instance_lease;         /* this instance's lease, of lease_generation */
+        unsigned lease_generation;
         bool busy;
         void *userdata;
 };
@@ -529,6 +530,13 @@ static void ch_free(ClusterHold *h) {
         g_free(h);
 }
 
+/* Its key was on an instance lease that is gone since (not reported in
+ * lease_lost because the hold was out of the list, being released or
+ * refreshed). */
+static bool hold_is_lost(const ClusterLocks *c, const ClusterHold *h) {
+        return h->on_instance_lease && h->lease_generation != c->lease_generation;
+}
+
 static void ch_attach(ClusterLocks *c, ClusterHold *h) {
         g_queue_push_tail(&c->holds, h);
         h->link = c->holds.tail;
@@ -570,7 +578,8 @@ int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **re
         h->cluster = c;
         cluster_entry_copy(&h->entry, e);
         h->lease = e->lease;
-        h->lease_generation = e->lease == c->lease ? c->lease_generation : 0;
+        h->on_instance_lease = e->lease != 0 && e->lease == c->lease;
+        h->lease_generation = c->lease_generation;
         ch_attach(c, h);
         *ret = h;
         return 0;
@@ -1191,6 +1200,7 @@ static ClusterHold *acquire_make_hold(ClusterAcquire *a, int64_t lease) {
 
         h->cluster = c;
         h->lease = lease;
+        h->on_instance_lease = lease != 0 && lease == a->lease;
         h->lease_generation = a->lease_generation;
         h->entry = (ClusterEntry) {
                 .key = g_strdup(a->key),
@@ -1499,12 +1509,13 @@ static void on_release(EtcdCall *call, int error, const char *error_message, con
                 /* etcd failed: the hold stays (unless its lease went meanwhile). */
                 h->busy = false;
                 op->hold = NULL;
-                if (h->lease == 0 || h->entry.scope == HOLD_SCOPE_PERSISTENT ||
-                    h->lease_generation == c->lease_generation)
+                if (!hold_is_lost(c, h))
                         ch_attach(c, h);
                 else {
                         ch_free(h);
                         r = -ENOENT;
+                        g_free(message);
+                        message = g_strdup("the etcd lease of the hold was lost");
                 }
         }
         op_free(op); /* frees a released hold */
@@ -1563,8 +1574,7 @@ static void refresh_finish(Op *op, int error, const char *message, uint64_t expi
 
         op->hold = NULL;
         h->busy = false;
-        if (error != -ENOENT && h->lease != 0 && h->entry.scope != HOLD_SCOPE_PERSISTENT &&
-            h->lease_generation != c->lease_generation) {
+        if (error != -ENOENT && hold_is_lost(c, h)) {
                 /* Its lease was lost meanwhile (it was not reported: it was ours). */
                 error = -ENOENT;
                 message = "the etcd lease of the hold was lost";
