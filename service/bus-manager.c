@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "bus-manager.h"
+#include "cluster-backend.h"
 #include "lockbus-names.h"
 #include "log.h"
 #include "manager.h"
@@ -205,8 +206,9 @@ static int set_error_locked_by(sd_bus_error *error, const char *resource, const 
                 return sd_bus_error_setf(error, LOCKBUS_ERROR_ALREADY_LOCKED,
                                          "Resource '%s' already locked: other callers are queued for it", resource);
         return sd_bus_error_setf(error, LOCKBUS_ERROR_ALREADY_LOCKED,
-                                 "Resource '%s' already locked by uid " UID_FMT " (pid " PID_FMT ", %s)",
-                                 resource, holder->uid, holder->pid, strempty(holder->comm));
+                                 "Resource '%s' already locked by uid " UID_FMT " (pid " PID_FMT ", %s)%s%s",
+                                 resource, holder->uid, holder->pid, strempty(holder->comm),
+                                 holder->hostname ? " on host " : "", strempty(holder->hostname));
 }
 
 static int reply_granted(sd_bus_message *message, const AcquireRequest *req, uint64_t token, int fd) {
@@ -244,8 +246,9 @@ static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, u
                 if (hold)
                         sd_bus_error_setf(&error, LOCKBUS_ERROR_TIMEOUT,
                                           "Timed out waiting for resource '%s', locked by uid " UID_FMT
-                                          " (pid " PID_FMT ", %s)",
-                                          req->resource, hold->uid, hold->pid, strempty(hold->comm));
+                                          " (pid " PID_FMT ", %s)%s%s",
+                                          req->resource, hold->uid, hold->pid, strempty(hold->comm),
+                                          hold->hostname ? " on host " : "", strempty(hold->hostname));
                 else
                         sd_bus_error_setf(&error, LOCKBUS_ERROR_TIMEOUT,
                                           "Timed out waiting for resource '%s'", req->resource);
@@ -374,6 +377,169 @@ static int find_callers_hold(Manager *m, const char *resource, const Peer *calle
         return -sd_bus_error_get_errno(error);
 }
 
+/* ---- cluster mode: calls answered when etcd has ------------------------------------ */
+
+/* A call on a resource waiting for etcd. */
+typedef struct ClusterCall {
+        sd_bus_message *message;
+        char *resource;
+        Peer caller;
+        const char *method;             /* for the log: "unlock", … */
+        const char *verb_participle;    /* "unlocked", … */
+} ClusterCall;
+
+static ClusterCall *cluster_call_new(sd_bus_message *message, const char *resource, const Peer *caller,
+                                     const char *method, const char *verb_participle) {
+        ClusterCall *c = g_new0(ClusterCall, 1);
+
+        c->message = sd_bus_message_ref(message);
+        c->resource = g_strdup(resource);
+        c->caller = (Peer) {
+                .name = g_strdup(caller->name),
+                .direct = caller->direct,
+                .uid = caller->uid,
+                .pid = caller->pid,
+                .comm = g_strdup(caller->comm),
+        };
+        c->method = method;
+        c->verb_participle = verb_participle;
+        return c;
+}
+
+static void cluster_call_free(ClusterCall *c) {
+        sd_bus_message_unref(c->message);
+        g_free(c->resource);
+        g_free(c->caller.name);
+        g_free(c->caller.comm);
+        g_free(c);
+}
+
+/* Answers c with error (set) and frees it. */
+static void cluster_call_fail(ClusterCall *c, sd_bus_error *error) {
+        int r;
+
+        log_refusal(&c->caller, c->method, error);
+        r = sd_bus_reply_method_error(c->message, error);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
+static void cluster_call_fail_etcd(Manager *m, ClusterCall *c, const char *failed_to, int error,
+                                   const char *error_message) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+
+        if (c->resource)
+                sd_bus_error_setf(&e, LOCKBUS_ERROR_STORAGE, "Failed to %s the lock on '%s' in %s: %s", failed_to,
+                                  c->resource, cluster_backend_where(m->cluster), error_message ?: strerror(-error));
+        else
+                sd_bus_error_setf(&e, LOCKBUS_ERROR_STORAGE, "Failed to %s the locks in %s: %s", failed_to,
+                                  cluster_backend_where(m->cluster), error_message ?: strerror(-error));
+        cluster_call_fail(c, &e);
+}
+
+static void on_cluster_not_owned(Manager *m, int error, const char *error_message, GPtrArray *holds,
+                                 void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        ClusterCall *c = userdata;
+        const Hold *first;
+
+        if (error < 0)
+                return cluster_call_fail_etcd(m, c, "read", error, error_message);
+
+        if (holds->len == 0) {
+                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
+                return cluster_call_fail(c, &e);
+        }
+        first = holds->pdata[0];
+        sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_OWNER,
+                          "Resource '%s' locked by uid " UID_FMT "%s%s cannot be %s by uid " UID_FMT,
+                          c->resource, first->uid, first->hostname ? " on host " : "", strempty(first->hostname),
+                          c->verb_participle, c->caller.uid);
+        cluster_call_fail(c, &e);
+}
+
+/* Cluster mode: the caller's own hold is in the table; if it has none,
+ * etcd tells NotLocked from NotOwner. Returns 1 with *ret set, or 0 when
+ * the call is answered later. */
+static int cluster_find_callers_hold(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller,
+                                     const char *method, const char *verb_participle, Hold **ret) {
+        Hold *h = lock_table_find_owned(m->table, resource, caller->uid, caller->name);
+
+        if (h) {
+                *ret = h;
+                return 1;
+        }
+        cluster_backend_query(m->cluster, resource, on_cluster_not_owned,
+                              cluster_call_new(message, resource, caller, method, verb_participle));
+        return 0;
+}
+
+static void on_cluster_unlocked(Manager *m, int error, const char *error_message, void *userdata) {
+        ClusterCall *c = userdata;
+        int r;
+
+        if (error < 0)
+                return cluster_call_fail_etcd(m, c, "remove", error, error_message);
+        r = sd_bus_reply_method_return(c->message, NULL);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
+static int cluster_unlock(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
+        Hold *h;
+
+        if (cluster_find_callers_hold(m, message, resource, caller, "unlock", "unlocked", &h) > 0)
+                cluster_backend_unlock(m->cluster, h, on_cluster_unlocked,
+                                       cluster_call_new(message, resource, caller, "unlock", "unlocked"));
+        return 1;
+}
+
+static void on_cluster_refreshed(Manager *m, int error, const char *error_message, uint64_t expires_usec,
+                                 void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        ClusterCall *c = userdata;
+        int r;
+
+        if (error == -ENOENT) {
+                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
+                return cluster_call_fail(c, &e);
+        }
+        if (error < 0)
+                return cluster_call_fail_etcd(m, c, "refresh", error, error_message);
+        r = sd_bus_reply_method_return(c->message, "t", expires_usec);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
+static int cluster_refresh(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
+        Hold *h;
+
+        if (cluster_find_callers_hold(m, message, resource, caller, "refresh", "refreshed", &h) > 0)
+                cluster_backend_refresh(m->cluster, h, on_cluster_refreshed,
+                                        cluster_call_new(message, resource, caller, "refresh", "refreshed"));
+        return 1;
+}
+
+static void on_cluster_broken(Manager *m, int n_or_error, const char *error_message, void *userdata) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        ClusterCall *c = userdata;
+        int r;
+
+        if (n_or_error < 0)
+                return cluster_call_fail_etcd(m, c, "break", n_or_error, error_message);
+        if (n_or_error == 0) {
+                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
+                return cluster_call_fail(c, &e);
+        }
+        r = sd_bus_reply_method_return(c->message, NULL);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
 static void on_change_committed(Manager *m, int error, void *userdata) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *message = userdata;
         int r;
@@ -409,6 +575,8 @@ static int method_unlock(sd_bus_message *message, void *userdata, sd_bus_error *
         r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
+        if (m->cluster)
+                return cluster_unlock(m, message, resource, caller);
         r = find_callers_hold(m, resource, caller, "unlock", "unlocked", &h, error);
         if (r < 0)
                 return r;
@@ -434,6 +602,8 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
         r = read_resource_and_caller(m, message, &resource, &caller, error);
         if (r < 0)
                 return r;
+        if (m->cluster)
+                return cluster_refresh(m, message, resource, caller);
         r = find_callers_hold(m, resource, caller, "refresh", "refreshed", &h, error);
         if (r < 0)
                 return r;
@@ -452,6 +622,14 @@ static int method_refresh(sd_bus_message *message, void *userdata, sd_bus_error 
 static int break_and_reply(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         int r;
+
+        if (m->cluster) {
+                log_notice("Breaking '%s' for uid " UID_FMT " (pid " PID_FMT ", %s, %s).",
+                           resource, caller->uid, caller->pid, caller->comm, caller->name);
+                cluster_backend_break(m->cluster, resource, on_cluster_broken,
+                                      cluster_call_new(message, resource, caller, "break", "broken"));
+                return 1;
+        }
 
         if (!lock_table_get_holds(m->table, resource)) {
                 sd_bus_error_setf(&error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
@@ -583,37 +761,29 @@ static int append_holder(sd_bus_message *reply, const Hold *h) {
                                      hold_scope_to_string(h->scope), strempty(h->description));
 }
 
-static int method_owner(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+/* Answers Owner with the holds of one resource (Hold *, in grant order). */
+static int reply_owner(sd_bus_message *message, const char *resource, GPtrArray *holds) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        Manager *m = userdata;
-        const GQueue *holds;
-        const char *resource;
-        const Hold *first;
         int r;
 
-        r = read_resource(message, &resource, error);
-        if (r < 0)
-                return r;
-
-        holds = lock_table_get_holds(m->table, resource);
-        if (!holds)
-                return sd_bus_error_setf(error, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", resource);
-        first = holds->head->data;
+        if (holds->len == 0)
+                return sd_bus_reply_method_errorf(message, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked",
+                                                  resource);
 
         r = sd_bus_message_new_method_return(message, &reply);
         if (r < 0)
                 return r;
-        r = sd_bus_message_append(reply, "s", lock_mode_to_string(first->mode));
+        r = sd_bus_message_append(reply, "s", lock_mode_to_string(((const Hold *) holds->pdata[0])->mode));
         if (r < 0)
                 return r;
         r = sd_bus_message_open_container(reply, 'a', "(uusstttss)");
         if (r < 0)
                 return r;
-        for (GList *l = holds->head; l; l = l->next) {
+        for (guint i = 0; i < holds->len; i++) {
                 r = sd_bus_message_open_container(reply, 'r', "uusstttss");
                 if (r < 0)
                         return r;
-                r = append_holder(reply, l->data);
+                r = append_holder(reply, holds->pdata[i]);
                 if (r < 0)
                         return r;
                 r = sd_bus_message_close_container(reply);
@@ -627,10 +797,9 @@ static int method_owner(sd_bus_message *message, void *userdata, sd_bus_error *e
         return sd_bus_send(NULL, reply, NULL);
 }
 
-static int method_list_locks(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+/* Answers ListLocks with every hold (sorted by resource, then grant order). */
+static int reply_list(sd_bus_message *message, GPtrArray *holds) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        g_autoptr(GPtrArray) holds = NULL;
-        Manager *m = userdata;
         int r;
 
         r = sd_bus_message_new_method_return(message, &reply);
@@ -639,8 +808,6 @@ static int method_list_locks(sd_bus_message *message, void *userdata, sd_bus_err
         r = sd_bus_message_open_container(reply, 'a', "(ssuusstttss)");
         if (r < 0)
                 return r;
-
-        holds = lock_table_list(m->table);
         for (guint i = 0; i < holds->len; i++) {
                 const Hold *h = holds->pdata[i];
 
@@ -662,6 +829,68 @@ static int method_list_locks(sd_bus_message *message, void *userdata, sd_bus_err
                 return r;
 
         return sd_bus_send(NULL, reply, NULL);
+}
+
+static void on_cluster_queried(Manager *m, int error, const char *error_message, GPtrArray *holds, void *userdata) {
+        ClusterCall *c = userdata;
+        int r;
+
+        if (error < 0)
+                return cluster_call_fail_etcd(m, c, "read", error, error_message);
+
+        /* Owner has the resource, ListLocks none. */
+        r = c->resource ? reply_owner(c->message, c->resource, holds) : reply_list(c->message, holds);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
+/* Owner and ListLocks read etcd in cluster mode; anyone may ask. */
+static int cluster_query(Manager *m, sd_bus_message *message, const char *resource, const char *method,
+                         sd_bus_error *error) {
+        const Peer *caller;
+        ClusterCall *c;
+        int r;
+
+        r = get_caller(m, message, &caller, error);
+        if (r < 0)
+                return r;
+        c = cluster_call_new(message, resource ?: "", caller, method, NULL);
+        if (!resource)
+                g_clear_pointer(&c->resource, g_free);
+        cluster_backend_query(m->cluster, resource, on_cluster_queried, c);
+        return 1;
+}
+
+static int method_owner(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        g_autoptr(GPtrArray) holds = g_ptr_array_new();
+        Manager *m = userdata;
+        const GQueue *q;
+        const char *resource;
+        int r;
+
+        r = read_resource(message, &resource, error);
+        if (r < 0)
+                return r;
+        if (m->cluster)
+                return cluster_query(m, message, resource, "owner", error);
+
+        q = lock_table_get_holds(m->table, resource);
+        if (q)
+                for (GList *l = q->head; l; l = l->next)
+                        g_ptr_array_add(holds, l->data);
+        return reply_owner(message, resource, holds);
+}
+
+static int method_list_locks(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        g_autoptr(GPtrArray) holds = NULL;
+        Manager *m = userdata;
+
+        if (m->cluster)
+                return cluster_query(m, message, NULL, "list", error);
+
+        holds = lock_table_list(m->table);
+        return reply_list(message, holds);
 }
 
 static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -687,7 +916,8 @@ static int property_get_waiter_count(sd_bus *bus, const char *path, const char *
                                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
 
-        return sd_bus_message_append(reply, "u", (uint32_t) lock_table_waiter_count(m->table));
+        return sd_bus_message_append(reply, "u", (uint32_t) (m->cluster ? cluster_backend_pending_count(m->cluster)
+                                                                         : lock_table_waiter_count(m->table)));
 }
 
 static const sd_bus_vtable manager_vtable[] = {

@@ -57,6 +57,7 @@ Hold *hold_free(Hold *h) {
         g_free(h->comm);
         g_free(h->sender);
         g_free(h->bus_id);
+        g_free(h->hostname);
         g_free(h->description);
         g_free(h);
         return NULL;

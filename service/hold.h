@@ -51,6 +51,12 @@ typedef struct Hold {
         uint64_t ttl_usec;      /* 0 = none */
         char *description;      /* never NULL, may be "" */
 
+        /* Cluster mode (etcd backend): the host of a hold granted by
+         * another lockbusd (NULL: this one), and this daemon's handle of
+         * its own holds in etcd (a ClusterHold, owned by the backend). */
+        char *hostname;
+        void *cluster_hold;
+
         sd_event_source *fd_watch;      /* fd holds: the pipe's read end, watched for hang-up */
         sd_event_source *expiry_timer;  /* holds with a TTL */
 } Hold;

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <glib.h>
 
@@ -20,6 +21,10 @@ static char *arg_runtime_directory = NULL;
 static uint64_t arg_idle_timeout_usec = DEFAULT_IDLE_TIMEOUT_USEC;
 static unsigned arg_max_locks_per_user = DEFAULT_MAX_LOCKS_PER_USER;
 static unsigned arg_max_waiters_per_user = DEFAULT_MAX_WAITERS_PER_USER;
+static bool arg_backend_etcd = false;
+static char **arg_etcd_endpoints = NULL;
+static char *arg_etcd_prefix = NULL;
+static uint64_t arg_etcd_lease_ttl_usec = DEFAULT_ETCD_LEASE_TTL_USEC;
 
 static void help(void) {
         printf("%s [OPTIONS...]\n\n"
@@ -40,10 +45,33 @@ static void help(void) {
                "                              (default: %u)\n"
                "     --max-waiters-per-user=N Waiting calls one uid but root may have\n"
                "                              (default: %u)\n"
+               "     --backend=directory|etcd Where locks are decided and kept: the lock\n"
+               "                              directory (default), or etcd (cluster mode)\n"
+               "     --etcd-endpoints=URL,... etcd's client URLs (http://HOST:PORT)\n"
+               "     --etcd-prefix=PREFIX     Prefix of every key (default: %s)\n"
+               "     --etcd-lease-ttl=SEC     TTL of this daemon's lease: how long its\n"
+               "                              connection holds outlive it (default: %u)\n"
                "\nSee the lockbusd(8) man page for details.\n",
                program_invocation_short_name,
                LOCKBUS_DEFAULT_LOCK_DIRECTORY, LOCKBUS_DEFAULT_RUNTIME_DIRECTORY,
-               DEFAULT_MAX_LOCKS_PER_USER, DEFAULT_MAX_WAITERS_PER_USER);
+               DEFAULT_MAX_LOCKS_PER_USER, DEFAULT_MAX_WAITERS_PER_USER,
+               DEFAULT_ETCD_PREFIX, (unsigned) (DEFAULT_ETCD_LEASE_TTL_USEC / 1000000U));
+}
+
+/* --etcd-endpoints=URL[,URL...]: each http:// or https://HOST:PORT (the
+ * etcd client checks them in full). */
+static int parse_endpoints_argument(const char *value) {
+        g_auto(GStrv) list = g_strsplit(value, ",", -1);
+
+        if (!list[0])
+                return log_error_errno(EINVAL, "--etcd-endpoints= needs at least one URL.");
+        for (char **e = list; *e; e++)
+                if (!g_str_has_prefix(*e, "http://") && !g_str_has_prefix(*e, "https://"))
+                        return log_error_errno(EINVAL, "--etcd-endpoints= needs http:// or https:// URLs, got '%s'.",
+                                               *e);
+        g_strfreev(arg_etcd_endpoints);
+        arg_etcd_endpoints = g_steal_pointer(&list);
+        return 0;
 }
 
 /* systemd passes StateDirectory=/RuntimeDirectory= as a colon-separated
@@ -149,6 +177,10 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_IDLE_TIMEOUT,
                 ARG_MAX_LOCKS_PER_USER,
                 ARG_MAX_WAITERS_PER_USER,
+                ARG_BACKEND,
+                ARG_ETCD_ENDPOINTS,
+                ARG_ETCD_PREFIX,
+                ARG_ETCD_LEASE_TTL,
         };
         static const struct option options[] = {
                 { "help",              no_argument,       NULL, 'h'                   },
@@ -160,6 +192,10 @@ static int parse_argv(int argc, char *argv[]) {
                 { "idle-timeout",         required_argument, NULL, ARG_IDLE_TIMEOUT         },
                 { "max-locks-per-user",   required_argument, NULL, ARG_MAX_LOCKS_PER_USER   },
                 { "max-waiters-per-user", required_argument, NULL, ARG_MAX_WAITERS_PER_USER },
+                { "backend",              required_argument, NULL, ARG_BACKEND              },
+                { "etcd-endpoints",       required_argument, NULL, ARG_ETCD_ENDPOINTS       },
+                { "etcd-prefix",          required_argument, NULL, ARG_ETCD_PREFIX          },
+                { "etcd-lease-ttl",       required_argument, NULL, ARG_ETCD_LEASE_TTL       },
                 {}
         };
         int c, r;
@@ -203,6 +239,35 @@ static int parse_argv(int argc, char *argv[]) {
                         if (r < 0)
                                 return r;
                         break;
+                case ARG_BACKEND:
+                        if (streq(optarg, "directory"))
+                                arg_backend_etcd = false;
+                        else if (streq(optarg, "etcd"))
+                                arg_backend_etcd = true;
+                        else
+                                return log_error_errno(EINVAL, "--backend= needs 'directory' or 'etcd', got '%s'.",
+                                                       optarg);
+                        break;
+                case ARG_ETCD_ENDPOINTS:
+                        r = parse_endpoints_argument(optarg);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_ETCD_PREFIX:
+                        /* A key prefix, as etcdctl shows it: "/lockbus". */
+                        if (optarg[0] != '/' || strlen(optarg) < 2 || optarg[strlen(optarg) - 1] == '/')
+                                return log_error_errno(EINVAL, "--etcd-prefix= needs a path like /lockbus "
+                                                       "(no trailing /), got '%s'.", optarg);
+                        g_free(arg_etcd_prefix);
+                        arg_etcd_prefix = g_strdup(optarg);
+                        break;
+                case ARG_ETCD_LEASE_TTL:
+                        r = parse_seconds_argument("etcd-lease-ttl", optarg, &arg_etcd_lease_ttl_usec);
+                        if (r < 0)
+                                return r;
+                        if (arg_etcd_lease_ttl_usec == 0)
+                                return log_error_errno(EINVAL, "--etcd-lease-ttl= must be above 0.");
+                        break;
                 case '?':
                         return -EINVAL;
                 default:
@@ -211,6 +276,10 @@ static int parse_argv(int argc, char *argv[]) {
 
         if (optind < argc)
                 return log_error_errno(EINVAL, "%s takes no positional arguments.", program_invocation_short_name);
+        if (arg_backend_etcd && !arg_etcd_endpoints)
+                return log_error_errno(EINVAL, "--backend=etcd needs --etcd-endpoints=.");
+        if (!arg_backend_etcd && arg_etcd_endpoints)
+                return log_error_errno(EINVAL, "--etcd-endpoints= is for --backend=etcd.");
 
         r = default_directories();
         if (r < 0)
@@ -240,6 +309,9 @@ int main(int argc, char *argv[]) {
                 .max_locks_per_user = arg_max_locks_per_user,
                 .max_waiters_per_user = arg_max_waiters_per_user,
                 .idle_timeout_usec = arg_idle_timeout_usec,
+                .etcd_endpoints = arg_backend_etcd ? arg_etcd_endpoints : NULL,
+                .etcd_prefix = arg_etcd_prefix ?: DEFAULT_ETCD_PREFIX,
+                .etcd_lease_ttl_usec = arg_etcd_lease_ttl_usec,
         };
         r = manager_new(&config, &m);
         if (r >= 0)
@@ -250,6 +322,8 @@ int main(int argc, char *argv[]) {
 finish:
         g_free(arg_lock_directory);
         g_free(arg_runtime_directory);
+        g_strfreev(arg_etcd_endpoints);
+        g_free(arg_etcd_prefix);
         /* Usage errors exit with 2, other failures with 1. */
         return r < 0 ? 2 : r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

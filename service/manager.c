@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <time.h>
@@ -9,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "bus-manager.h"
+#include "cluster-backend.h"
 #include "direct.h"
 #include "fdstore.h"
 #include "lockbus-names.h"
@@ -66,6 +68,10 @@ AcquireRequest *acquire_request_free(AcquireRequest *req) {
 static void acquire_request_complete(AcquireRequest *req, int error, const Hold *hold, int fd) {
         req->done(req, error, error < 0 ? hold : NULL, error < 0 ? 0 : req->granted_token, fd);
         acquire_request_free(req);
+}
+
+void manager_answer_request(AcquireRequest *req, int error, const Hold *hold, int fd) {
+        acquire_request_complete(req, error, hold, fd);
 }
 
 /* A grant that could not be made durable: nothing is held. */
@@ -303,6 +309,45 @@ static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
         return h;
 }
 
+int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what) {
+        _cleanup_(hold_freep) Hold *h = hold;
+        _cleanup_close_ int write_fd = -1;
+        int r;
+
+        if (h->scope == HOLD_SCOPE_FD) {
+                int fds[2];
+
+                if (!ret_write_fd)
+                        return -EINVAL;
+                if (pipe2(fds, O_CLOEXEC) < 0)
+                        return -errno;
+                write_fd = fds[1];
+                r = hold_watch_fd(m, h, fds[0]);
+                if (r < 0)
+                        return r;
+        }
+
+        r = hold_arm_expiry(m, h);
+        if (r < 0)
+                return r;
+
+        log_hold(what, h);
+        lock_table_add(m->table, TAKE_PTR(h));
+        if (ret_write_fd)
+                *ret_write_fd = TAKE_FD(write_fd);
+        return 0;
+}
+
+void manager_drop_hold(Manager *m, Hold *h, const char *reason) {
+        log_hold(reason, h);
+        hold_free(lock_table_remove(m->table, h));
+}
+
+int manager_hold_set_expiry(Manager *m, Hold *h, uint64_t expires_usec) {
+        h->expires_usec = expires_usec;
+        return hold_arm_expiry(m, h);
+}
+
 /* After a directory was removed and created again: writes everything the
  * daemon holds into it again (tokens first), durably. */
 static int manager_rewrite_store(Manager *m, bool lock_gone, bool runtime_gone) {
@@ -511,11 +556,30 @@ static bool manager_over_quota(Manager *m, const AcquireRequest *req, bool waiti
         return waiting && u.n_waiters >= m->max_waiters_per_user;
 }
 
+/* Cluster mode: etcd decides, and a request waits there. The quotas count
+ * this daemon's holds and requests under way. */
+static void manager_submit_to_cluster(Manager *m, AcquireRequest *req) {
+        if (req->caller.uid != 0) {
+                UidUsage u = lock_table_uid_usage(m->table, req->caller.uid);
+                unsigned pending = cluster_backend_pending_count_of_uid(m->cluster, req->caller.uid);
+
+                if (u.n_holds + pending >= m->max_locks_per_user ||
+                    (req->timeout_usec > 0 && pending >= m->max_waiters_per_user))
+                        return acquire_request_complete(req, -EDQUOT, NULL, -1);
+        }
+        if ((req->scope == HOLD_SCOPE_FD || req->timeout_usec > 0) && manager_cancel_idle_exit(m) < 0)
+                return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
+
+        cluster_backend_submit(m->cluster, req);
+}
+
 void manager_submit(Manager *m, AcquireRequest *req) {
         const Hold *blocker = NULL;
         int r;
 
         req->manager = m;
+        if (m->cluster)
+                return manager_submit_to_cluster(m, req);
         switch (lock_table_check(m->table, req->resource, req->mode, req->caller.uid, req->caller.name, &blocker)) {
 
         case LOCK_VERDICT_HELD_BY_CALLER:
@@ -570,6 +634,13 @@ void manager_submit(Manager *m, AcquireRequest *req) {
 /* Takes a hold out without serving waiters; see manager_release(). */
 static int manager_remove_hold(Manager *m, Hold *h, const char *reason, bool by_owner) {
         int r;
+
+        if (m->cluster) {
+                /* Its key goes in the background (and with the lease). */
+                cluster_backend_forget(m->cluster, h);
+                manager_drop_hold(m, h, reason);
+                return 0;
+        }
 
         r = store_remove_hold(m->store, h);
         if (r < 0 && r != -ENOENT) {
@@ -650,7 +721,8 @@ bool manager_is_idle(const Manager *m) {
                 lock_table_waiter_count(m->table) == 0 &&
                 (!m->pending_calls || g_hash_table_size(m->pending_calls) == 0) &&
                 direct_server_connection_count(m->direct) == 0 &&
-                m->after_commit.length == 0 && !store_needs_sync(m->store);
+                m->after_commit.length == 0 && !store_needs_sync(m->store) &&
+                (!m->cluster || cluster_backend_pending_count(m->cluster) == 0);
 }
 
 static void on_peer_gone(const char *name, void *userdata) {
@@ -658,6 +730,9 @@ static void on_peer_gone(const char *name, void *userdata) {
         g_autoptr(GPtrArray) waiters = lock_table_waiters_of_sender(m->table, name);
         g_autoptr(GPtrArray) holds = lock_table_holds_of_sender(m->table, name);
         g_autoptr(GPtrArray) resources = g_ptr_array_new_with_free_func(g_free);
+
+        if (m->cluster)
+                cluster_backend_peer_gone(m->cluster, name);
 
         /* Everything of the peer goes before any waiter is served, so that
          * nothing is granted to its own waiters, which are gone too. */
@@ -810,6 +885,41 @@ static int manager_connect_bus(Manager *m, bool user_bus) {
         return peer_registry_new(m->bus, on_peer_gone, m, &m->peers);
 }
 
+/* Cluster mode: the machine's identity (overridable for tests that run
+ * two "hosts" on one machine), then etcd. */
+static int manager_start_cluster(Manager *m, const ManagerConfig *config) {
+        char machine_id[SD_ID128_STRING_MAX], hostname[HOST_NAME_MAX + 1] = "";
+        const char *e;
+        sd_id128_t id;
+        int r;
+
+        e = getenv("LOCKBUS_MACHINE_ID");
+        if (e) {
+                r = sd_id128_from_string(e, &id);
+                if (r < 0)
+                        return log_error_errno(r, "$LOCKBUS_MACHINE_ID is not a machine ID: '%s'.", e);
+        } else {
+                r = sd_id128_get_machine(&id);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to read the machine ID (/etc/machine-id): %m");
+        }
+        sd_id128_to_string(id, machine_id);
+
+        e = getenv("LOCKBUS_HOSTNAME");
+        if (e)
+                g_strlcpy(hostname, e, sizeof(hostname));
+        else if (gethostname(hostname, sizeof(hostname) - 1) < 0)
+                return log_error_errno(errno, "Failed to get the host name: %m");
+
+        return cluster_backend_new(m, &(ClusterBackendConfig) {
+                        .endpoints = config->etcd_endpoints,
+                        .prefix = config->etcd_prefix,
+                        .lease_ttl_usec = config->etcd_lease_ttl_usec,
+                        .machine_id = machine_id,
+                        .hostname = hostname,
+                }, &m->cluster);
+}
+
 int manager_new(const ManagerConfig *config, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
@@ -842,7 +952,7 @@ int manager_new(const ManagerConfig *config, Manager **ret) {
                 return log_error_errno(r, "Failed to open lock directory %s and runtime directory %s: %m",
                                        config->lock_directory, config->runtime_directory);
 
-        r = manager_load(m);
+        r = config->etcd_endpoints ? manager_start_cluster(m, config) : manager_load(m);
         if (r < 0)
                 return r;
 
@@ -861,6 +971,7 @@ Manager *manager_free(Manager *m) {
         m->direct = direct_server_free(m->direct);
         /* manager_run() committed; what is left had no reply to wait for. */
         g_queue_clear_full(&m->after_commit, g_free);
+        m->cluster = cluster_backend_free(m->cluster);
         m->commit_source = sd_event_source_disable_unref(m->commit_source);
         m->commit_timer = sd_event_source_disable_unref(m->commit_timer);
         if (m->pending_calls)
@@ -986,6 +1097,9 @@ int manager_run(Manager *m) {
         r = manager_loop(m);
         log_detach_event();
         (void) sd_notify(false, "STOPPING=1");
+
+        /* This daemon's connection and fd holds end now, not after the TTL. */
+        cluster_backend_stop(m->cluster);
 
         /* What was answered is durable already; make the rest so and answer it. */
         if (!g_queue_is_empty(&m->after_commit) || store_needs_sync(m->store))

@@ -26,6 +26,10 @@
 #define DEFAULT_MAX_LOCKS_PER_USER      1024U
 #define DEFAULT_MAX_WAITERS_PER_USER    128U
 #define DEFAULT_IDLE_TIMEOUT_USEC       (30U * 1000000ULL)
+#define DEFAULT_ETCD_PREFIX             "/lockbus"
+#define DEFAULT_ETCD_LEASE_TTL_USEC     (10U * 1000000ULL)
+
+typedef struct ClusterBackend ClusterBackend;
 
 typedef struct ManagerConfig {
         bool user_bus;                  /* the session bus instead of the system bus */
@@ -34,6 +38,11 @@ typedef struct ManagerConfig {
         unsigned max_locks_per_user;
         unsigned max_waiters_per_user;
         uint64_t idle_timeout_usec;     /* 0 = never exit */
+
+        /* The etcd backend (cluster mode) when etcd_endpoints is set. */
+        char **etcd_endpoints;
+        const char *etcd_prefix;
+        uint64_t etcd_lease_ttl_usec;
 } ManagerConfig;
 
 typedef struct Manager {
@@ -46,6 +55,7 @@ typedef struct Manager {
         TokenIssuer *tokens;
         PeerRegistry *peers;
         struct DirectServer *direct;    /* the brokerless socket, NULL if it could not be set up */
+        ClusterBackend *cluster;        /* cluster mode: decisions on etcd; NULL: the lock directory */
 
         unsigned max_locks_per_user;
         unsigned max_waiters_per_user;
@@ -124,6 +134,22 @@ int manager_run(Manager *m);
 /* Grants the request now, queues it, or refuses it; req->done is called
  * exactly once, possibly before this returns. Takes ownership of req. */
 void manager_submit(Manager *m, AcquireRequest *req);
+
+/* For a backend that decides elsewhere (cluster-backend.h): answers a
+ * request (and frees it) as the done callback describes. */
+void manager_answer_request(AcquireRequest *req, int error, const Hold *hold, int fd);
+
+/* Takes a hold granted elsewhere into the table: the pipe of an fd hold
+ * (the caller's end in *ret_write_fd), its TTL timer; logs the grant. On
+ * failure the hold is freed. */
+int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what);
+
+/* Takes a hold out of the table and frees it, without touching its
+ * storage (the backend did, or it is gone); logs `reason`. */
+void manager_drop_hold(Manager *m, Hold *h, const char *reason);
+
+/* Sets a new expiry (CLOCK_REALTIME µs, 0 never) and re-arms its timer. */
+int manager_hold_set_expiry(Manager *m, Hold *h, uint64_t expires_usec);
 
 /* Releases a hold (it is freed) and serves the waiters it blocked. If its
  * file cannot be removed, a persistent hold, or any hold whose owner asked

@@ -1,0 +1,654 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster-backend.h"
+#include "cluster-locks.h"
+#include "etcd.h"
+#include "log.h"
+
+/* How long a start waits for etcd before serving anyway (calls then fail
+ * with a Storage error until etcd answers), and a clean exit for the
+ * lease's revocation. */
+#define CLUSTER_START_WAIT_USEC (10U * 1000000ULL)
+#define CLUSTER_STOP_WAIT_USEC  (2U * 1000000ULL)
+
+struct ClusterBackend {
+        Manager *manager;
+        EtcdClient *etcd;
+        ClusterLocks *locks;
+        char *where;                    /* "etcd (URL, …)" */
+        char *machine_id;
+        GHashTable *pending;            /* Pending * (owned) */
+        bool adopted;                   /* this machine's persistent holds are in the table */
+        bool start_done;                /* the first lease and the adoption finished, or failed */
+        bool stopped;
+};
+
+/* A request under way in etcd. */
+typedef struct Pending {
+        ClusterBackend *backend;
+        AcquireRequest *req;
+        ClusterAcquire *acquire;
+} Pending;
+
+/* An Unlock, Refresh or Break under way: the hold is found again by its
+ * resource and token when etcd answers (it may have ended meanwhile). */
+typedef struct HoldCall {
+        ClusterBackend *backend;
+        char *resource;
+        uint64_t token;
+        ClusterHold *cluster_hold;
+        void *callback;
+        void *userdata;
+} HoldCall;
+
+static HoldCall *hold_call_new(ClusterBackend *b, const Hold *h, void *callback, void *userdata) {
+        HoldCall *c = g_new0(HoldCall, 1);
+
+        c->backend = b;
+        c->resource = g_strdup(h->resource);
+        c->token = h->token;
+        c->cluster_hold = h->cluster_hold;
+        c->callback = callback;
+        c->userdata = userdata;
+        return c;
+}
+
+static void hold_call_free(HoldCall *c) {
+        g_free(c->resource);
+        g_free(c);
+}
+
+/* This daemon's hold of that resource and token, NULL if it is gone. */
+static Hold *find_local_hold(ClusterBackend *b, const char *resource, uint64_t token) {
+        const GQueue *holds = lock_table_get_holds(b->manager->table, resource);
+
+        if (holds)
+                for (GList *l = holds->head; l; l = l->next) {
+                        Hold *h = l->data;
+
+                        if (h->token == token)
+                                return h;
+                }
+        return NULL;
+}
+
+/* A Hold that describes an entry read from etcd. */
+static Hold *hold_from_entry(ClusterBackend *b, const ClusterEntry *e) {
+        Hold *h = hold_new();
+
+        h->resource = g_strdup(e->resource);
+        h->mode = e->mode;
+        h->scope = e->scope;
+        h->token = e->token;
+        h->uid = e->uid;
+        h->pid = e->pid;
+        h->comm = g_strdup(e->comm);
+        h->sender = g_strdup(e->sender);
+        h->since_usec = e->since_usec;
+        h->expires_usec = e->expires_usec;
+        h->ttl_usec = e->ttl_usec;
+        g_free(h->description);
+        h->description = g_strdup(e->description);
+        /* Only holds of other machines are told apart by their host. */
+        if (!streq(e->machine_id, b->machine_id))
+                h->hostname = g_strdup(e->hostname);
+        return h;
+}
+
+/* ---- acquire ------------------------------------------------------------- */
+
+static void pending_free(Pending *p) {
+        g_free(p);
+}
+
+static void answer_etcd_failure(ClusterBackend *b, AcquireRequest *req, int error, const char *message) {
+        log_error_errno(error, "Failed to lock '%s' in %s: %s", req->resource, b->where,
+                        message ?: strerror(-error));
+        req->storage_error = error;
+        req->storage_where = b->where;
+        manager_answer_request(req, -EIO, NULL, -1);
+}
+
+static void on_acquired(ClusterAcquire *a, int error, const char *error_message, ClusterHold *cluster_hold,
+                        const ClusterEntry *blocker, void *userdata) {
+        Pending *p = userdata;
+        ClusterBackend *b = p->backend;
+        AcquireRequest *req = p->req;
+        _cleanup_(hold_freep) Hold *shown = NULL;
+        _cleanup_close_ int write_fd = -1;
+        Hold *h;
+        int r;
+
+        g_hash_table_remove(b->pending, p);
+
+        switch (error) {
+        case 0:
+                h = hold_from_entry(b, cluster_hold_get_entry(cluster_hold));
+                g_free(h->sender);
+                h->sender = g_strdup(req->caller.name);
+                h->cluster_hold = cluster_hold;
+                cluster_hold_set_userdata(cluster_hold, h);
+
+                r = manager_take_hold(b->manager, h, &write_fd, "Granted");
+                if (r < 0) {
+                        /* Nothing is held: etcd lets go of it too. */
+                        (void) cluster_locks_release(b->locks, cluster_hold, NULL, NULL);
+                        return answer_etcd_failure(b, req, r, "the grant could not be set up here");
+                }
+                req->granted_token = h->token;
+                return manager_answer_request(req, 0, NULL, write_fd);
+
+        case -EBUSY:
+        case -EALREADY:
+        case -ETIMEDOUT:
+                if (blocker)
+                        shown = hold_from_entry(b, blocker);
+                return manager_answer_request(req, error, shown, -1);
+
+        default:
+                return answer_etcd_failure(b, req, error, error_message);
+        }
+}
+
+void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
+        ClusterRequest request = {
+                .resource = req->resource,
+                .mode = req->mode,
+                .scope = req->scope,
+                .timeout_usec = req->timeout_usec,
+                .ttl_usec = req->ttl_usec,
+                .uid = req->caller.uid,
+                .pid = req->caller.pid,
+                .comm = req->caller.comm,
+                .sender = req->caller.name,
+                .description = req->description,
+        };
+        Pending *p;
+        int r;
+
+        p = g_new0(Pending, 1);
+        p->backend = b;
+        p->req = req;
+
+        r = cluster_locks_acquire(b->locks, &request, on_acquired, p, &p->acquire);
+        if (r < 0) {
+                pending_free(p);
+                return answer_etcd_failure(b, req, r, r == -ENOTCONN ? "no lease: etcd has not answered yet" : NULL);
+        }
+        g_hash_table_add(b->pending, p);
+}
+
+void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
+        g_autoptr(GPtrArray) gone = g_ptr_array_new();
+        GHashTableIter iter;
+        gpointer p;
+
+        g_hash_table_iter_init(&iter, b->pending);
+        while (g_hash_table_iter_next(&iter, &p, NULL))
+                if (streq(((Pending *) p)->req->caller.name, sender))
+                        g_ptr_array_add(gone, p);
+
+        for (guint i = 0; i < gone->len; i++) {
+                Pending *pending = gone->pdata[i];
+                AcquireRequest *req = pending->req;
+
+                /* Its key goes in the background; nobody is left to answer. */
+                cluster_acquire_cancel(pending->acquire);
+                g_hash_table_remove(b->pending, pending);
+                manager_answer_request(req, -ECONNRESET, NULL, -1);
+        }
+}
+
+unsigned cluster_backend_pending_count(const ClusterBackend *b) {
+        return g_hash_table_size(b->pending);
+}
+
+unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid) {
+        GHashTableIter iter;
+        unsigned n = 0;
+        gpointer p;
+
+        g_hash_table_iter_init(&iter, b->pending);
+        while (g_hash_table_iter_next(&iter, &p, NULL))
+                if (((Pending *) p)->req->caller.uid == uid)
+                        n++;
+        return n;
+}
+
+/* ---- holds ---------------------------------------------------------------- */
+
+void cluster_backend_forget(ClusterBackend *b, Hold *h) {
+        ClusterHold *ch = h->cluster_hold;
+
+        /* NULL: an Unlock of it is under way and deletes the key. */
+        if (!ch)
+                return;
+        h->cluster_hold = NULL;
+        (void) cluster_locks_release(b->locks, ch, NULL, NULL);
+}
+
+static void on_unlocked(ClusterLocks *c, int error, const char *error_message, void *userdata) {
+        HoldCall *call = userdata;
+        ClusterBackend *b = call->backend;
+        ClusterBackendDone callback = call->callback;
+        Hold *h = find_local_hold(b, call->resource, call->token);
+
+        if (error >= 0 || error == -ENOENT) {
+                if (h)
+                        manager_drop_hold(b->manager, h, "Released (unlocked)");
+                error = 0;
+        } else if (h)
+                /* Still held: it may be unlocked again. */
+                h->cluster_hold = call->cluster_hold;
+
+        callback(b->manager, error, error_message, call->userdata);
+        hold_call_free(call);
+}
+
+void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata) {
+        HoldCall *call;
+        int r;
+
+        if (!h->cluster_hold)
+                return callback(b->manager, -EINPROGRESS, "an unlock of it is under way", userdata);
+
+        call = hold_call_new(b, h, callback, userdata);
+        h->cluster_hold = NULL;
+        r = cluster_locks_release(b->locks, call->cluster_hold, on_unlocked, call);
+        if (r < 0) {
+                h->cluster_hold = call->cluster_hold;
+                hold_call_free(call);
+                callback(b->manager, r, NULL, userdata);
+        }
+}
+
+static void on_refreshed(ClusterLocks *c, int error, const char *error_message, uint64_t expires_usec,
+                         void *userdata) {
+        HoldCall *call = userdata;
+        ClusterBackend *b = call->backend;
+        ClusterBackendRefreshDone callback = call->callback;
+        Hold *h = find_local_hold(b, call->resource, call->token);
+
+        if (error == -ENOENT && h) {
+                /* Its key is gone (its own lease expired): so is the hold. */
+                h->cluster_hold = NULL;
+                manager_drop_hold(b->manager, h, "Released (gone from etcd)");
+        } else if (error >= 0 && h) {
+                int r = manager_hold_set_expiry(b->manager, h, expires_usec);
+
+                if (r < 0)
+                        log_warning_errno(r, "Failed to re-arm the TTL timer for '%s', ignoring: %m", h->resource);
+        }
+
+        callback(b->manager, error, error_message, expires_usec, call->userdata);
+        hold_call_free(call);
+}
+
+void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDone callback, void *userdata) {
+        HoldCall *call;
+        int r;
+
+        if (!h->cluster_hold)
+                return callback(b->manager, -EINPROGRESS, "an unlock of it is under way", 0, userdata);
+
+        call = hold_call_new(b, h, callback, userdata);
+        r = cluster_locks_refresh(b->locks, h->cluster_hold, on_refreshed, call);
+        if (r < 0) {
+                hold_call_free(call);
+                callback(b->manager, r, NULL, 0, userdata);
+        }
+}
+
+/* ---- break ----------------------------------------------------------------- */
+
+typedef struct BreakCall {
+        ClusterBackend *backend;
+        char *resource;
+        ClusterBackendBreakDone callback;
+        void *userdata;
+        unsigned n_pending;
+        unsigned n_released;
+        int error;
+        char *error_message;
+} BreakCall;
+
+static void break_call_finish(BreakCall *call) {
+        call->callback(call->backend->manager, call->error < 0 ? call->error : (int) call->n_released,
+                       call->error_message, call->userdata);
+        g_free(call->resource);
+        g_free(call->error_message);
+        g_free(call);
+}
+
+typedef struct BreakOne {
+        BreakCall *call;
+        uint64_t token;
+} BreakOne;
+
+static void on_broken_one(ClusterLocks *c, int error, const char *error_message, void *userdata) {
+        BreakOne *one = userdata;
+        BreakCall *call = one->call;
+        ClusterBackend *b = call->backend;
+        Hold *h = find_local_hold(b, call->resource, one->token);
+
+        if (error >= 0 || error == -ENOENT) {
+                if (h) {
+                        h->cluster_hold = NULL;
+                        manager_drop_hold(b->manager, h, "Released (broken)");
+                }
+                if (error >= 0)
+                        call->n_released++;
+        } else if (call->error == 0) {
+                call->error = error;
+                call->error_message = g_strdup(error_message);
+        }
+
+        g_free(one);
+        if (--call->n_pending == 0)
+                break_call_finish(call);
+}
+
+static void on_break_owner(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
+                           size_t n, size_t n_waiting, void *userdata) {
+        BreakCall *call = userdata;
+        ClusterBackend *b = call->backend;
+
+        if (error < 0) {
+                call->error = error;
+                call->error_message = g_strdup(error_message);
+                return break_call_finish(call);
+        }
+
+        /* One more, so that a release answered at once does not finish early. */
+        call->n_pending = 1;
+        for (size_t i = 0; i < n; i++) {
+                Hold *h = find_local_hold(b, call->resource, entries[i]->token);
+                ClusterHold *ch = NULL;
+                BreakOne *one;
+                int r;
+
+                if (h && h->cluster_hold) {
+                        ch = h->cluster_hold;
+                        h->cluster_hold = NULL;
+                } else if (!h) {
+                        r = cluster_locks_adopt(b->locks, entries[i], &ch);
+                        if (r < 0) {
+                                if (call->error == 0)
+                                        call->error = r;
+                                continue;
+                        }
+                } else
+                        continue; /* an Unlock of it is under way */
+
+                one = g_new0(BreakOne, 1);
+                one->call = call;
+                one->token = entries[i]->token;
+                call->n_pending++;
+                r = cluster_locks_release(b->locks, ch, on_broken_one, one);
+                if (r < 0) {
+                        call->n_pending--;
+                        g_free(one);
+                        if (call->error == 0)
+                                call->error = r;
+                }
+        }
+        if (--call->n_pending == 0)
+                break_call_finish(call);
+}
+
+void cluster_backend_break(ClusterBackend *b, const char *resource, ClusterBackendBreakDone callback,
+                           void *userdata) {
+        BreakCall *call = g_new0(BreakCall, 1);
+        int r;
+
+        call->backend = b;
+        call->resource = g_strdup(resource);
+        call->callback = callback;
+        call->userdata = userdata;
+
+        r = cluster_locks_owner(b->locks, resource, on_break_owner, call);
+        if (r < 0) {
+                call->error = r;
+                break_call_finish(call);
+        }
+}
+
+/* ---- reading --------------------------------------------------------------- */
+
+typedef struct QueryCall {
+        ClusterBackend *backend;
+        ClusterBackendQueryDone callback;
+        void *userdata;
+} QueryCall;
+
+static void on_queried(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
+                       size_t n, size_t n_waiting, void *userdata) {
+        g_autofree QueryCall *call = userdata;
+        ClusterBackend *b = call->backend;
+        g_autoptr(GPtrArray) holds = g_ptr_array_new_with_free_func(hold_destroy);
+
+        for (size_t i = 0; error >= 0 && i < n; i++) {
+                Hold *h = hold_from_entry(b, entries[i]);
+
+                /* Another host's unique names mean nothing on this bus. */
+                if (h->hostname && h->sender) {
+                        char *s = g_strdup_printf("%s@%s", h->sender, h->hostname);
+
+                        g_free(h->sender);
+                        h->sender = s;
+                }
+                g_ptr_array_add(holds, h);
+        }
+
+        call->callback(b->manager, error, error_message, error < 0 ? NULL : holds, call->userdata);
+}
+
+void cluster_backend_query(ClusterBackend *b, const char *resource, ClusterBackendQueryDone callback,
+                           void *userdata) {
+        QueryCall *call = g_new0(QueryCall, 1);
+        int r;
+
+        call->backend = b;
+        call->callback = callback;
+        call->userdata = userdata;
+
+        r = resource ? cluster_locks_owner(b->locks, resource, on_queried, call)
+                     : cluster_locks_list(b->locks, on_queried, call);
+        if (r < 0) {
+                g_free(call);
+                callback(b->manager, r, NULL, NULL, userdata);
+        }
+}
+
+/* ---- the lease, start and stop ---------------------------------------------- */
+
+static void on_lease_lost(ClusterLocks *c, ClusterHold * const *holds, size_t n, void *userdata) {
+        ClusterBackend *b = userdata;
+
+        log_warning("Lost the etcd lease (no answer from %s within its TTL): %zu hold(s) of this daemon "
+                    "may be granted to others now, dropping them.", b->where, n);
+        for (size_t i = 0; i < n; i++) {
+                Hold *h = cluster_hold_get_userdata(holds[i]);
+
+                if (!h)
+                        continue;
+                h->cluster_hold = NULL;
+                manager_drop_hold(b->manager, h, "Lost (etcd lease expired)");
+        }
+}
+
+/* Takes back this machine's persistent holds, granted by an earlier run. */
+static void on_adopt_list(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
+                          size_t n, size_t n_waiting, void *userdata) {
+        ClusterBackend *b = userdata;
+        unsigned adopted = 0;
+
+        b->start_done = true;
+        if (error < 0) {
+                log_error_errno(error, "Failed to read the holds of this machine from %s: %s", b->where,
+                                error_message ?: strerror(-error));
+                return;
+        }
+
+        for (size_t i = 0; i < n; i++) {
+                const ClusterEntry *e = entries[i];
+                ClusterHold *ch = NULL;
+                Hold *h;
+                int r;
+
+                if (e->scope != HOLD_SCOPE_PERSISTENT || !streq(e->machine_id, b->machine_id) ||
+                    find_local_hold(b, e->resource, e->token))
+                        continue;
+
+                r = cluster_locks_adopt(b->locks, e, &ch);
+                if (r < 0) {
+                        log_warning_errno(r, "Failed to take back the hold on '%s', ignoring: %m", e->resource);
+                        continue;
+                }
+                h = hold_from_entry(b, e);
+                h->cluster_hold = ch;
+                cluster_hold_set_userdata(ch, h);
+                r = manager_take_hold(b->manager, h, NULL, "Restored");
+                if (r < 0) {
+                        log_warning_errno(r, "Failed to take back the hold on '%s', ignoring: %m", e->resource);
+                        continue;
+                }
+                adopted++;
+        }
+        b->adopted = true;
+        log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back.", b->where, adopted);
+}
+
+static void on_lease_ready(ClusterLocks *c, int64_t lease_id, void *userdata) {
+        ClusterBackend *b = userdata;
+        int r;
+
+        log_info("Holding etcd lease %" PRIx64 " at %s.", (uint64_t) lease_id, b->where);
+        if (b->adopted)
+                return;
+        r = cluster_locks_list(b->locks, on_adopt_list, b);
+        if (r < 0) {
+                log_error_errno(r, "Failed to read the holds of this machine from %s: %m", b->where);
+                b->start_done = true;
+        }
+}
+
+static void run_until(sd_event *event, const bool *flag, uint64_t usec) {
+        uint64_t deadline = 0, now = 0;
+
+        (void) sd_event_now(event, CLOCK_MONOTONIC, &now);
+        deadline = now + usec;
+        while (!*flag) {
+                (void) sd_event_now(event, CLOCK_MONOTONIC, &now);
+                if (now >= deadline || sd_event_run(event, deadline - now) < 0)
+                        break;
+        }
+}
+
+int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterBackend **ret) {
+        ClusterBackend *b;
+        ClusterHost host = {
+                .machine_id = config->machine_id,
+                .hostname = config->hostname,
+        };
+        static const ClusterLocksCallbacks callbacks = {
+                .ready = on_lease_ready,
+                .lease_lost = on_lease_lost,
+        };
+        g_autofree char *list = NULL;
+        int r;
+
+        b = g_new0(ClusterBackend, 1);
+        b->manager = m;
+        b->machine_id = g_strdup(config->machine_id);
+        b->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, (GDestroyNotify) pending_free, NULL);
+        list = g_strjoinv(", ", config->endpoints);
+        b->where = g_strdup_printf("etcd (%s)", list);
+
+        r = etcd_client_new(m->event, config->endpoints, 0, &b->etcd);
+        if (r < 0) {
+                log_error_errno(r, "Invalid etcd endpoints %s: %m", list);
+                goto fail;
+        }
+        r = cluster_locks_new(m->event, b->etcd, config->prefix, &host, config->lease_ttl_usec, &b->locks);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up cluster locks under '%s': %m", config->prefix);
+                goto fail;
+        }
+        r = cluster_locks_start(b->locks, &callbacks, b);
+        if (r < 0) {
+                log_error_errno(r, "Failed to start the etcd lease: %m");
+                goto fail;
+        }
+
+        /* Serve with this machine's holds back, or without etcd for now
+         * (calls fail with Storage, the lease is retried). */
+        run_until(m->event, &b->start_done, CLUSTER_START_WAIT_USEC);
+        if (!b->start_done)
+                log_warning("No answer from %s yet; serving, locking fails until it answers.", b->where);
+
+        *ret = b;
+        return 0;
+
+fail:
+        cluster_backend_free(b);
+        return r;
+}
+
+static void on_stopped(ClusterLocks *c, int error, void *userdata) {
+        ClusterBackend *b = userdata;
+
+        if (error < 0)
+                log_warning_errno(error, "Failed to revoke the etcd lease, its holds end after its TTL: %m");
+        b->stopped = true;
+}
+
+void cluster_backend_stop(ClusterBackend *b) {
+        g_autoptr(GPtrArray) holds = NULL;
+
+        if (!b || !b->locks)
+                return;
+
+        /* The handles of the holds on the lease go with it. */
+        holds = lock_table_list(b->manager->table);
+        for (guint i = 0; i < holds->len; i++) {
+                Hold *h = holds->pdata[i];
+
+                if (!hold_is_persistent(h))
+                        h->cluster_hold = NULL;
+        }
+        if (cluster_locks_stop(b->locks, on_stopped, b) < 0)
+                return;
+        run_until(b->manager->event, &b->stopped, CLUSTER_STOP_WAIT_USEC);
+}
+
+ClusterBackend *cluster_backend_free(ClusterBackend *b) {
+        GHashTableIter iter;
+        gpointer p;
+
+        if (!b)
+                return NULL;
+        /* Requests still under way go with the daemon: their keys with its
+         * lease, their callers unanswered (the bus tells them). */
+        g_hash_table_iter_init(&iter, b->pending);
+        while (g_hash_table_iter_next(&iter, &p, NULL)) {
+                AcquireRequest *req = ((Pending *) p)->req;
+
+                g_hash_table_iter_remove(&iter);
+                manager_answer_request(req, -ECONNRESET, NULL, -1);
+        }
+        b->locks = cluster_locks_free(b->locks);
+        b->etcd = etcd_client_free(b->etcd);
+        g_hash_table_destroy(b->pending);
+        g_free(b->where);
+        g_free(b->machine_id);
+        g_free(b);
+        return NULL;
+}
+
+const char *cluster_backend_where(const ClusterBackend *b) {
+        return b->where;
+}

@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The etcd backend (cluster mode, --backend=etcd): the Manager's grants,
+ * releases and queries carried out on etcd by cluster-locks.h instead of
+ * the LockTable's decisions and the lock directory. The Manager keeps the
+ * bus side: identities, quotas, the pipes of fd holds, the TTL timers of
+ * connection and fd holds, exit on idle. This daemon's own holds are in its
+ * LockTable too, as the index of who holds what here (Unlock, quotas, a
+ * connection that closes); every decision is etcd's.
+ *
+ * What users see differently from the directory backend: fencing tokens
+ * are etcd revisions (strictly increasing across the cluster); a waiting
+ * request waits in etcd's order (WaiterCount counts this daemon's waiting
+ * calls, LockCount the resources it holds); Owner and ListLocks read etcd,
+ * and a hold of another host shows its sender as "NAME@HOSTNAME"; a failure
+ * to reach etcd is a Storage error that names etcd; at start the daemon
+ * takes back this machine's persistent holds, while connection holds do not
+ * outlive the daemon (they end with its lease). */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "manager.h"
+
+/* error 0 or a negative errno with etcd's message (else NULL). */
+typedef void (*ClusterBackendDone)(Manager *m, int error, const char *error_message, void *userdata);
+typedef void (*ClusterBackendRefreshDone)(Manager *m, int error, const char *error_message, uint64_t expires_usec,
+                                          void *userdata);
+/* n_or_error: how many holds were released, or the first error. */
+typedef void (*ClusterBackendBreakDone)(Manager *m, int n_or_error, const char *error_message, void *userdata);
+/* holds: Hold *, sorted by resource, then grant order (borrowed). */
+typedef void (*ClusterBackendQueryDone)(Manager *m, int error, const char *error_message, GPtrArray *holds,
+                                        void *userdata);
+
+typedef struct ClusterBackendConfig {
+        char **endpoints;               /* http(s)://host:port, at least one */
+        const char *prefix;             /* of every key, e.g. "/lockbus" */
+        uint64_t lease_ttl_usec;        /* of the daemon's lease */
+        const char *machine_id;         /* 32 hex digits */
+        const char *hostname;
+} ClusterBackendConfig;
+
+/* Connects, takes a lease and this machine's persistent holds (into the
+ * manager's table), running the event loop until done or failed. */
+int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterBackend **ret);
+ClusterBackend *cluster_backend_free(ClusterBackend *b);
+
+/* A clean exit: revokes the lease (the connection and fd holds of this
+ * daemon end at once, not after the TTL), waiting for etcd a short while. */
+void cluster_backend_stop(ClusterBackend *b);
+
+/* "etcd (http://…, …)", for messages. */
+const char *cluster_backend_where(const ClusterBackend *b);
+
+/* manager_submit() once the request passed the checks common to both
+ * backends. */
+void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req);
+
+/* The requests of a peer that left are withdrawn (nobody is answered). */
+void cluster_backend_peer_gone(ClusterBackend *b, const char *sender);
+
+/* Requests of this daemon under way (being decided or waiting in etcd):
+ * all, and those of one uid. */
+unsigned cluster_backend_pending_count(const ClusterBackend *b);
+unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid);
+
+/* A hold that ended with its owner (connection closed, fd closed, TTL):
+ * its key is deleted in the background. The caller frees the Hold. */
+void cluster_backend_forget(ClusterBackend *b, Hold *h);
+
+/* Unlock by the owner: callback(m, 0, NULL, userdata) once etcd deleted the
+ * key (the Hold is then out of the table and freed), else the error and
+ * etcd's message, and the hold stays. */
+void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata);
+
+/* Refresh: the new expiry (CLOCK_REALTIME µs, 0 without TTL). */
+void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDone callback, void *userdata);
+
+/* Break: every hold on the resource, of every host; callback gets how many
+ * were released, or the first error. */
+void cluster_backend_break(ClusterBackend *b, const char *resource, ClusterBackendBreakDone callback, void *userdata);
+
+/* Owner (resource) or ListLocks (resource NULL): the holds read from etcd. */
+void cluster_backend_query(ClusterBackend *b, const char *resource, ClusterBackendQueryDone callback, void *userdata);
