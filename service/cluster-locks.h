@@ -28,10 +28,12 @@
  * shared one when every entry before it is shared. So a new request never
  * passes a waiter (FIFO), a shared request behind a waiting exclusive one
  * waits (no writer starvation), and adjacent shared entries at the head
- * are granted together. Not re-entrant: if another entry (granted or
- * waiting) has the caller as owner -- a persistent entry of the caller's
- * uid on this machine, or a connection/fd entry of the caller's sender on
- * this instance -- the request is refused at once (-EALREADY).
+ * are granted together. Not re-entrant: if an entry ahead of the request
+ * (granted or waiting) has the caller as owner -- a persistent entry of
+ * the caller's uid on this machine, or a connection/fd entry of the
+ * caller's sender on this instance -- the request is refused at once
+ * (-EALREADY), whatever its timeout (of two requests of one owner in
+ * flight together, the later one is refused).
  *
  * Acquire: one txn puts the request's key on the instance lease and reads
  * the resource's keys (the read sees the put); the decision is made on that
@@ -41,9 +43,12 @@
  * last exclusive entry before it), from the read's revision + 1, so no
  * deletion between the read and the watch is missed; on its DELETE (or if
  * the watch ends: compaction, member gone) the resource is read again and
- * decided again, watching the next blocker if still blocked. Nobody polls,
+ * decided again, watching the next blocker if still blocked (if etcd
+ * cannot be read then, the request fails with that error). Nobody polls,
  * and a deletion wakes only the one request behind it (shared requests
- * behind one exclusive wake together, and are granted together). Timeout:
+ * behind one exclusive wake together, and are granted together); the only
+ * timers are the lease's, the requests' timeouts and the backoff of
+ * background deletes and lease grants that failed. Timeout:
  * the key is deleted, then -ETIMEDOUT. Granting a persistent hold (or one
  * granted after waiting) puts the key again, compared on its
  * create_revision: persistent holds move off the instance lease (lease 0,
@@ -95,7 +100,8 @@
  *    the instance lease: it vanishes after the TTL, and the caller never
  *    heard of a grant.
  *
- * Not here: Break, quotas, the bus. */
+ * Not here: quotas, the bus, Break (the caller reads the holders with
+ * cluster_locks_owner(), adopts and releases them). */
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -990,7 +990,7 @@ static void test_lease_revoked(Fixture *f, gconstpointer data) {
 
         SKIP_WITHOUT_CLUSTER();
 
-        host_start(&d, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-d", 2 * SEC);
+        host_start(&d, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-d", 3 * SEC);
         g_assert_cmpint(acq_sync(f, &d, "c", &excl, &conn), ==, 0);
         g_assert_cmpint(acq_sync(f, &d, "p", &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &pers), ==, 0);
         lease = cluster_locks_get_lease(d.locks);
