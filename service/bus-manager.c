@@ -920,6 +920,34 @@ static int property_get_waiter_count(sd_bus *bus, const char *path, const char *
                                                                          : lock_table_waiter_count(m->table)));
 }
 
+/* LockLost, to the connection that acquired the hold: on the bus by its
+ * unique name, or on its direct connection. A persistent hold's sender
+ * may be gone; then nobody gets it. */
+static void emit_lock_lost(Manager *m, const Hold *h, const char *reason) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *signal = NULL;
+        sd_bus *bus;
+        int r;
+
+        if (!h->sender || h->hostname)
+                return;
+        if (g_str_has_prefix(h->sender, "direct:")) {
+                bus = peer_registry_get_direct_connection(m->peers, h->sender);
+                if (!bus)
+                        return;
+        } else
+                bus = m->bus;
+
+        r = sd_bus_message_new_signal(bus, &signal, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "LockLost");
+        if (r >= 0 && !g_str_has_prefix(h->sender, "direct:"))
+                r = sd_bus_message_set_destination(signal, h->sender);
+        if (r >= 0)
+                r = sd_bus_message_append(signal, "sts", h->resource, h->token, reason);
+        if (r >= 0)
+                r = sd_bus_send(bus, signal, NULL);
+        if (r < 0)
+                log_debug_errno(r, "Failed to send LockLost for '%s' to %s: %m", h->resource, h->sender);
+}
+
 static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
 
@@ -968,6 +996,9 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_RESULT,
                                 method_break,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_ARGS("LockLost",
+                                SD_BUS_ARGS("s", resource, "t", token, "s", reason),
+                                0),
 
         SD_BUS_VTABLE_END
 };
@@ -980,6 +1011,7 @@ int bus_manager_export(Manager *m) {
         int r;
 
         m->pending_calls = g_hash_table_new_full(g_direct_hash, g_direct_equal, pending_break_free, NULL);
+        m->hold_lost = emit_lock_lost;
 
         r = bus_manager_export_on(m, m->bus);
         if (r < 0)

@@ -275,6 +275,7 @@ static void on_refreshed(ClusterLocks *c, int error, const char *error_message, 
         if (error == -ENOENT && h) {
                 /* Its key is gone (its own lease expired): so is the hold. */
                 h->cluster_hold = NULL;
+                manager_notify_hold_lost(b->manager, h, "lost");
                 manager_drop_hold(b->manager, h, "Released (gone from etcd)");
         } else if (error >= 0 && h) {
                 int r = manager_hold_set_expiry(b->manager, h, expires_usec);
@@ -337,6 +338,7 @@ static void on_broken_one(ClusterLocks *c, int error, const char *error_message,
         if (error >= 0 || error == -ENOENT) {
                 if (h) {
                         h->cluster_hold = NULL;
+                        manager_notify_hold_lost(b->manager, h, "broken");
                         manager_drop_hold(b->manager, h, "Released (broken)");
                 }
                 if (error >= 0)
@@ -476,6 +478,7 @@ static void on_lease_lost(ClusterLocks *c, ClusterHold * const *holds, size_t n,
                 if (!h)
                         continue;
                 h->cluster_hold = NULL;
+                manager_notify_hold_lost(b->manager, h, "lost");
                 manager_drop_hold(b->manager, h, "Lost (etcd lease expired)");
         }
 }

@@ -258,6 +258,15 @@ void peer_registry_remove_direct(PeerRegistry *r, sd_bus *connection) {
                 r->on_gone(name, r->userdata);
 }
 
+sd_bus *peer_registry_get_direct_connection(const PeerRegistry *r, const char *name) {
+        const PeerEntry *e;
+
+        if (!r || !name)
+                return NULL;
+        e = g_hash_table_lookup(r->peers, name);
+        return e ? e->connection : NULL;
+}
+
 bool peer_registry_contains(const PeerRegistry *r, const char *name) {
         return g_hash_table_contains(r->peers, name);
 }

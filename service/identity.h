@@ -61,5 +61,9 @@ int peer_registry_watch(PeerRegistry *r, const char *name);
  * watched). */
 bool peer_registry_contains(const PeerRegistry *r, const char *name);
 
+/* The connection a direct peer ("direct:RUN.N") is on (borrowed), NULL for
+ * a bus peer or one that is gone. */
+sd_bus *peer_registry_get_direct_connection(const PeerRegistry *r, const char *name);
+
 /* Number of peers known. */
 unsigned peer_registry_size(const PeerRegistry *r);

@@ -232,6 +232,7 @@ static int on_hold_expired(sd_event_source *s, uint64_t usec, void *userdata) {
 
         /* A persistent hold whose file cannot be removed stays; its timer
          * is spent, so the next start drops it. */
+        manager_notify_hold_lost(w->manager, w->hold, "expired");
         (void) manager_release(w->manager, w->hold, "Released (TTL expired)", /* by_owner= */ false);
         return 0;
 }
@@ -336,6 +337,11 @@ int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *wha
         if (ret_write_fd)
                 *ret_write_fd = TAKE_FD(write_fd);
         return 0;
+}
+
+void manager_notify_hold_lost(Manager *m, const Hold *h, const char *reason) {
+        if (m->hold_lost)
+                m->hold_lost(m, h, reason);
 }
 
 void manager_drop_hold(Manager *m, Hold *h, const char *reason) {
@@ -680,7 +686,10 @@ int manager_break(Manager *m, const char *resource) {
                         g_ptr_array_add(holds, l->data);
 
         for (guint i = 0; i < holds->len; i++) {
-                int r = manager_remove_hold(m, holds->pdata[i], "Released (broken)", /* by_owner= */ true);
+                int r;
+
+                manager_notify_hold_lost(m, holds->pdata[i], "broken");
+                r = manager_remove_hold(m, holds->pdata[i], "Released (broken)", /* by_owner= */ true);
 
                 if (r < 0 && error == 0)
                         error = r;

@@ -72,6 +72,11 @@ typedef struct Manager {
         sd_event_source *commit_source;
         sd_event_source *commit_timer;
 
+        /* Told when a hold ends without its owner asking (reason:
+         * "expired", "broken", "lost"), before it is freed; the bus layer
+         * sends the holder LockLost. */
+        void (*hold_lost)(struct Manager *m, const Hold *h, const char *reason);
+
         /* Set once the bus name was released for an idle exit. */
         bool exiting;
         sd_bus_slot *release_name_slot;
@@ -143,6 +148,9 @@ void manager_answer_request(AcquireRequest *req, int error, const Hold *hold, in
  * (the caller's end in *ret_write_fd), its TTL timer; logs the grant. On
  * failure the hold is freed. */
 int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what);
+
+/* Tells the holder its hold ends without it asking (see hold_lost). */
+void manager_notify_hold_lost(Manager *m, const Hold *h, const char *reason);
 
 /* Takes a hold out of the table and frees it, without touching its
  * storage (the backend did, or it is gone); logs `reason`. */
