@@ -35,7 +35,7 @@ suite=bookworm
 # (with libpam-systemd for logind), python3-dbus for the clients that keep
 # a connection or an fd open, libglib2.0-0 for lockbusd; setpriv and
 # useradd come with minbase.
-packages=systemd,systemd-sysv,dbus,dbus-broker,libpam-systemd,polkitd,gpgv,libglib2.0-0,python3,python3-dbus
+packages=systemd,systemd-sysv,dbus,dbus-broker,libpam-systemd,polkitd,gpgv,libglib2.0-0,libcurl4,libjson-glib-1.0-0,python3,python3-dbus
 
 # TAP goes to fd 3; everything else (tool output) to stderr.
 exec 3>&1 1>&2
