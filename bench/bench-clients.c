@@ -51,12 +51,34 @@ static int lockbus_setup(BenchClient *c) {
          * the bus. */
         if (bc->direct && !c->targets->direct_socket)
                 return bench_client_fail(c, -EINVAL, "No direct socket given (--direct-socket=)");
+        if (bc->etcd_backend && !c->targets->etcd_bus)
+                return bench_client_fail(c, -EINVAL, "No bus of the etcd backend given (--etcd-bus=)");
         if (setenv("LOCKBUS_DIRECT_SOCKET", bc->direct ? c->targets->direct_socket : "", 1) < 0)
                 return -errno;
 
-        r = lockbus_open_system(&s->lockbus);
+        if (bc->etcd_backend) {
+                /* The other bus, for this connection only (a paired case
+                 * connects in the same process, to the main bus). */
+                const char *e = getenv("DBUS_SYSTEM_BUS_ADDRESS");
+                char *saved = e ? strdup(e) : NULL;
+
+                if (e && !saved)
+                        return -ENOMEM;
+                if (setenv("DBUS_SYSTEM_BUS_ADDRESS", c->targets->etcd_bus, 1) < 0) {
+                        free(saved);
+                        return -errno;
+                }
+                r = lockbus_open_system(&s->lockbus);
+                if (saved)
+                        (void) setenv("DBUS_SYSTEM_BUS_ADDRESS", saved, 1);
+                else
+                        (void) unsetenv("DBUS_SYSTEM_BUS_ADDRESS");
+                free(saved);
+        } else
+                r = lockbus_open_system(&s->lockbus);
         if (r < 0)
-                return bench_client_fail(c, r, "Failed to connect to lockbusd: %s", strerror(-r));
+                return bench_client_fail(c, r, "Failed to connect to lockbusd%s: %s",
+                                         bc->etcd_backend ? " (etcd backend)" : "", strerror(-r));
         s->bus = lockbus_get_bus(s->lockbus);
         if ((sd_bus_is_bus_client(s->bus) > 0) == bc->direct)
                 return bench_client_fail(c, -EPROTO, "liblockbus connected %s, not %s",
@@ -541,6 +563,11 @@ static void etcd_teardown(BenchClient *c) {
           .mode = m, .scope = sc, .same_resource = same, .timeout_usec = t,    \
           .unlock_nowait = nowait }
 
+#define ETCD_CASE(n, d, sc, nowait)                                             \
+        { .name = n, .description = d, .is_lockbus = true, .etcd_backend = true, \
+          .setup = lockbus_setup, .op = lockbus_cycle, .teardown = lockbus_teardown, \
+          .mode = LOCKBUS_MODE_EXCLUSIVE, .scope = sc, .unlock_nowait = nowait }
+
 static const BenchCase cases[] = {
         { .name = "ping", .description = "floor: org.freedesktop.DBus.Peer.Ping to lockbusd (one call)",
           .is_lockbus = true, .setup = lockbus_setup, .op = ping_op, .teardown = lockbus_teardown },
@@ -572,6 +599,15 @@ static const BenchCase cases[] = {
                      LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, true, false),
         LOCKBUS_CASE("pers-excl-direct-nowait", "pers-excl-nowait through lockbusd's direct socket",
                      LOCKBUS_MODE_EXCLUSIVE, LOCKBUS_SCOPE_PERSISTENT, false, 0, true, true),
+        /* The same cycles on the bus of the lockbusd with --backend=etcd. */
+        { .name = "ping-etcd", .description = "floor of the etcd backend's bus: Peer.Ping to that lockbusd (no etcd involved)",
+          .is_lockbus = true, .etcd_backend = true, .setup = lockbus_setup, .op = ping_op, .teardown = lockbus_teardown },
+        ETCD_CASE("conn-excl-etcd", "conn-excl, lockbusd with --backend=etcd (every lock decided in etcd)",
+                  LOCKBUS_SCOPE_CONNECTION, false),
+        ETCD_CASE("conn-excl-etcd-nowait", "conn-excl-nowait, lockbusd with --backend=etcd",
+                  LOCKBUS_SCOPE_CONNECTION, true),
+        ETCD_CASE("pers-excl-etcd", "pers-excl, lockbusd with --backend=etcd (the hold moved off the daemon's lease)",
+                  LOCKBUS_SCOPE_PERSISTENT, false),
         { .name = "flock", .description = "flock(2) LOCK_EX + LOCK_UN on an open fd, own file",
           .setup = flock_setup, .op = flock_cycle, .teardown = flock_teardown },
         { .name = "redis", .description = "Redis SET key val NX PX 30000 + DEL key over a Unix socket (hiredis)",

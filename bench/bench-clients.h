@@ -17,7 +17,11 @@
  * lockbus cases go through the bus (dbus-daemon) unless their name ends in
  * "-direct": then liblockbus talks to lockbusd's direct socket, peer to
  * peer ($LOCKBUS_DIRECT_SOCKET); each path has its own Ping floor. Every
- * case checks it got the path it asked for. */
+ * case checks it got the path it asked for. Cases whose name has "-etcd"
+ * are the same client code on a second bus (targets->etcd_bus), whose
+ * lockbusd runs with --backend=etcd (cluster mode: every lock decided in
+ * etcd), always through that bus (no direct socket), with its own Ping
+ * floor. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -35,6 +39,7 @@ typedef struct BenchTargets {
         const char *postgres_conninfo;  /* libpq connection string (Unix socket) */
         const char *etcd_url;           /* http://127.0.0.1:PORT (the v3 JSON gateway) */
         const char *direct_socket;      /* lockbusd's direct socket, for the "-direct" cases */
+        const char *etcd_bus;           /* the bus of the lockbusd with --backend=etcd, for the "-etcd" cases */
         uid_t uid_base;                 /* lockbus clients run as uid_base + index; 0: as invoked */
 } BenchTargets;
 
@@ -52,6 +57,7 @@ struct BenchCase {
         const char *description;
         bool is_lockbus;                /* talks to lockbusd: runs as targets->uid_base + index */
         bool direct;                    /* through lockbusd's direct socket, not the bus */
+        bool etcd_backend;              /* through targets->etcd_bus, to the lockbusd that decides in etcd */
         int (*setup)(BenchClient *c);   /* connect; 0 or a negative errno (c->error says why) */
         int (*op)(BenchClient *c);      /* one operation; 0 or a negative errno */
         void (*teardown)(BenchClient *c);

@@ -313,6 +313,10 @@ int scenario_handoff(const ScenarioConfig *config, FILE *out) {
         histogram_init(unlock);
         histogram_init(ping);
 
+        /* The bus of the lockbusd that decides in etcd, for both processes. */
+        if (config->etcd_bus && setenv("DBUS_SYSTEM_BUS_ADDRESS", config->etcd_bus, 1) < 0)
+                return -errno;
+
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
         fflush(NULL);
@@ -389,7 +393,7 @@ finish:
         (void) waitpid(pid, NULL, 0);
 
         json_begin(&j, out);
-        json_string(&j, "case", config->direct_socket ? "handoff-direct" : "handoff");
+        json_string(&j, "case", config->direct_socket ? "handoff-direct" : config->etcd_bus ? "handoff-etcd" : "handoff");
         json_uint(&j, "iterations", handoff->count);
         json_histogram(&j, "handoff", handoff);
         json_histogram(&j, "unlock", unlock);

@@ -7,7 +7,8 @@
  *   handoff       Unlock by A → grant to B, who waits (timeout for ever) on
  *                 another connection in another process: from just before
  *                 A's Unlock call to B's reply, CLOCK_MONOTONIC in both;
- *                 through the bus, or the direct socket if one is given.
+ *                 through the bus, or the direct socket if one is given,
+ *                 or the bus of the etcd backend's lockbusd if given.
  *                 A also times a Ping right before each Unlock: one round
  *                 trip at the same moments, the yardstick.
  *   cold          first call (Acquire) with lockbusd not running: D-Bus
@@ -42,6 +43,7 @@ typedef struct ScenarioConfig {
         unsigned n_uids;                /* peer-limit: connections spread over uid_base … uid_base + n_uids - 1 */
         double timeout_s;               /* wait-name */
         const char *direct_socket;      /* handoff: through lockbusd's direct socket ("handoff-direct") */
+        const char *etcd_bus;           /* handoff: on this bus, whose lockbusd has --backend=etcd ("handoff-etcd") */
 } ScenarioConfig;
 
 int scenario_handoff(const ScenarioConfig *config, FILE *out);

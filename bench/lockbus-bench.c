@@ -71,6 +71,8 @@ static void help(void) {
                "     --postgres=CONNINFO       postgres: libpq connection string\n"
                "     --etcd-url=URL            etcd: http://127.0.0.1:PORT\n"
                "     --direct-socket=PATH      lockbusd's direct socket (\"-direct\" cases, handoff)\n"
+               "     --etcd-bus=ADDRESS        the bus of a lockbusd with --backend=etcd (\"-etcd\"\n"
+               "                               cases; handoff there: \"handoff-etcd\")\n"
                "     --watch=NAME:PID          run: report PID's CPU time per operation\n",
                program_invocation_short_name);
 }
@@ -124,6 +126,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_PAIR,
                 ARG_SLICE,
                 ARG_TAG,
+                ARG_ETCD_BUS,
         };
         static const struct option options[] = {
                 { "help",         no_argument,       NULL, 'h'              },
@@ -146,6 +149,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "pair",         required_argument, NULL, ARG_PAIR         },
                 { "slice",        required_argument, NULL, ARG_SLICE        },
                 { "tag",          required_argument, NULL, ARG_TAG          },
+                { "etcd-bus",     required_argument, NULL, ARG_ETCD_BUS     },
                 {}
         };
         unsigned u;
@@ -224,6 +228,9 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case ARG_DIRECT_SOCKET:
                         arg_targets.direct_socket = optarg;
+                        break;
+                case ARG_ETCD_BUS:
+                        arg_targets.etcd_bus = optarg;
                         break;
                 case ARG_WATCH: {
                         char *colon = strrchr(optarg, ':');
@@ -332,6 +339,7 @@ int main(int argc, char *argv[]) {
                         .n_uids = arg_uids,
                         .timeout_s = arg_timeout_s,
                         .direct_socket = arg_targets.direct_socket,
+                        .etcd_bus = arg_targets.etcd_bus,
                 };
                 size_t i;
 

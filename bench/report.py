@@ -42,17 +42,33 @@ LABELS = {
     "redis-pipelined": "Redis SET NX PX + DEL, the DEL sent with the next SET (one round trip)",
     "postgres": "PostgreSQL pg_advisory_lock + unlock (Unix socket)",
     "etcd": "etcd lease grant + txn + delete (HTTP gateway)",
+    "ping-etcd": "Ping through the etcd backend's bus (its floor; 1 call, no etcd)",
+    "conn-excl-etcd": "lockbus cycle, etcd backend, scope connection, exclusive",
+    "conn-excl-etcd-nowait": "lockbus cycle, etcd backend, scope connection, exclusive, Unlock not waited for",
+    "pers-excl-etcd": "lockbus cycle, etcd backend, scope persistent, exclusive",
 }
 LOCKBUS_ORDER = ["ping", "conn-excl", "conn-excl-nowait", "conn-shared", "conn-shared-same", "pers-excl",
                  "pers-excl-nowait", "pers-shared", "pers-shared-same", "contended", "ping-direct",
                  "conn-excl-direct", "conn-excl-direct-nowait", "pers-excl-direct", "pers-excl-direct-nowait"]
 PEER_ORDER = ["flock", "redis", "redis-pipelined", "postgres", "etcd"]
+# Cluster mode: the same cycles on a second bus whose lockbusd runs with
+# --backend=etcd (on the peers' etcd), with that bus's Ping as their floor.
+# Each, with its directory-backend counterpart on the main bus.
+ETCD_BACKEND_ORDER = ["ping-etcd", "conn-excl-etcd", "conn-excl-etcd-nowait", "pers-excl-etcd"]
+DIRECTORY_OF = {"ping-etcd": "ping", "conn-excl-etcd": "conn-excl", "conn-excl-etcd-nowait": "conn-excl-nowait",
+                "pers-excl-etcd": "pers-excl"}
 # The floor each lockbus case is compared with.
 FLOOR_OF = {c: ("ping-direct" if "-direct" in c else "ping") for c in LOCKBUS_ORDER}
+FLOOR_OF.update({c: "ping-etcd" for c in ETCD_BACKEND_ORDER})
 # Cycles of one round trip (the release not waited for): their floor is the
 # Ping rate itself, not ÷ 2.
 ONE_ROUND_TRIP = {"conn-excl-nowait", "pers-excl-nowait", "conn-excl-direct-nowait", "pers-excl-direct-nowait",
-                  "redis-pipelined"}
+                  "redis-pipelined", "conn-excl-etcd-nowait"}
+# The per-process CLI runs of cluster mode (hyperfine), in table order.
+CLI_CLUSTER = [("etcdctl-lock", "`etcdctl lock bench/cli true` (etcd's own lock: session lease, lock, command, "
+                "unlock)"),
+               ("lockbusctl-run-etcd", "`lockbusctl run bench/cli -- true`, etcd backend's bus"),
+               ("lockbusctl-run", "`lockbusctl run bench/cli -- true`, directory backend's bus")]
 # The step "one CPU" of run.sh: lockbusd, dbus-daemon, redis-server and the
 # client pinned to CPU 0, 1 client; its lines carry "tag": "one-cpu". Lines
 # with any tag stay out of every other table and target. Each case here,
@@ -130,6 +146,7 @@ def summarize(groups):
             "lat_p99_us": median([r.get("lat_p99_us") for r in ok.values()]),
             "lockbusd_cpu_us_per_op": median([r.get("lockbusd_cpu_us_per_op") for r in ok.values()]),
             "dbus_daemon_cpu_us_per_op": median([r.get("dbus_daemon_cpu_us_per_op") for r in ok.values()]),
+            "etcd_cpu_us_per_op": median([r.get("etcd_cpu_us_per_op") for r in ok.values()]),
             "fairness_max_min": median([r.get("fairness_max_min") for r in ok.values()]),
             "errors": [r["error"] for r in records if "error" in r],
         }
@@ -143,7 +160,7 @@ def summarize(groups):
             row["floor"] = floor
             row["floor_divided_by"] = calls
         rows.append(row)
-    order = {c: i for i, c in enumerate(LOCKBUS_ORDER + PEER_ORDER)}
+    order = {c: i for i, c in enumerate(LOCKBUS_ORDER + PEER_ORDER + ETCD_BACKEND_ORDER)}
     rows.sort(key=lambda r: (order.get(r["case"], 99), r["clients"]))
     return rows
 
@@ -387,6 +404,9 @@ def write_plot(rows, meta, out):
         ("redis-pipelined", "Redis pipelined (DEL with next SET)", 1, "dt 4 lw 2 lc rgb '#d62728' pt 9"),
         ("postgres", "PostgreSQL advisory lock", 1, "lw 2 lc rgb '#9467bd' pt 11"),
         ("etcd", "etcd lease + txn + delete", 1, "lw 2 lc rgb '#8c564b' pt 13"),
+        ("conn-excl-etcd", "lockbus, etcd backend, connection", 1, "lw 3 lc rgb '#e377c2' pt 13"),
+        ("conn-excl-etcd-nowait", "lockbus, etcd backend, connection, nowait", 1, "dt 4 lw 3 lc rgb '#e377c2' pt 13"),
+        ("pers-excl-etcd", "lockbus, etcd backend, persistent", 1, "lw 3 lc rgb '#bcbd22' pt 12"),
         ("flock", "flock(2)", 1, "lw 2 lc rgb '#ff7f0e' pt 3"),
     ]
     clients = sorted({r["clients"] for r in rows})
@@ -482,8 +502,121 @@ def one_cpu_markdown(w, meta, rows, groups, orows):
     w("")
 
 
+def cluster_rows(rows, groups):
+    """Cluster mode: per client count of the etcd cases, each etcd-backend
+    case with its directory-backend counterpart and the etcd peer, and the
+    ratios to them (per repetition, median)."""
+    out = []
+    counts = sorted({r["clients"] for r in rows if r["case"] in ETCD_BACKEND_ORDER})
+    for c in counts:
+        for case in ETCD_BACKEND_ORDER[1:] + ["conn-excl", "conn-excl-nowait", "pers-excl", "etcd"]:
+            r = find(rows, case, c)
+            if not r:
+                continue
+            row = {"case": case, "clients": c, "ops_per_sec": r["ops_per_sec"], "lat_p50_us": r["lat_p50_us"],
+                   "lat_p99_us": r["lat_p99_us"], "lockbusd_cpu_us_per_op": r["lockbusd_cpu_us_per_op"],
+                   "etcd_cpu_us_per_op": r.get("etcd_cpu_us_per_op"), "errors": r["errors"], "reps": r["reps"]}
+            if case in DIRECTORY_OF:
+                row["ratio_to_directory"] = rep_ratio(groups, case, DIRECTORY_OF[case], c)
+            if case != "etcd":
+                row["ratio_to_etcd_peer"] = rep_ratio(groups, case, "etcd", c)
+            out.append(row)
+    return out
+
+
+def cluster_markdown(w, meta, rows, groups, prows, cli, handoffs, cluster_log):
+    w("## Cluster mode (etcd backend)")
+    w("")
+    crows = cluster_rows(rows, groups)
+    etcd_cli = [(t, what, cli[t]) for t, what in CLI_CLUSTER if t in cli]
+    if not crows and not etcd_cli:
+        w(f"Not measured ({meta.get('etcd_backend') or 'no etcd backend lines'}).")
+        w("")
+        return
+    w(f"lockbusd on {meta.get('etcd_backend', 'a second bus with --backend=etcd')}. Every Acquire is a txn "
+      "(put on the daemon's lease + read of the resource's keys) and every Unlock a delete, each a write etcd "
+      "fsyncs; a persistent grant is one more put (the hold moves off the daemon's lease). The etcd peer row is "
+      "the raw etcd cycle of the main table (lease grant + txn + delete over the JSON gateway, no lockbusd). "
+      "*÷ directory* is the cycle rate ÷ the same cycle on the directory backend (the main bus's lockbusd), "
+      "*÷ etcd peer* ÷ the raw etcd cycle, both per repetition, median. CPU/op: the daemon's CPU time over the "
+      "window ÷ cycles (lockbusd: the one serving the row's bus).")
+    w("")
+    if crows:
+        w("| case | clients | ops/s | p50 | p99 | ÷ directory | ÷ etcd peer | lockbusd CPU/op | etcd CPU/op | reps |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        errors = []
+        for r in crows:
+            err = ""
+            if r["errors"]:
+                errors.append(f"`{r['case']}`, {r['clients']} client{'s' if r['clients'] > 1 else ''}: "
+                              f"{r['errors'][0]}")
+                err = f" ⚠ error {len(errors)}"
+            label = {"conn-excl-etcd": "etcd backend, connection", "conn-excl-etcd-nowait": "etcd backend, connection, nowait",
+                     "pers-excl-etcd": "etcd backend, persistent", "conn-excl": "directory backend, connection",
+                     "conn-excl-nowait": "directory backend, connection, nowait",
+                     "pers-excl": "directory backend, persistent (durable on disk)",
+                     "etcd": "etcd peer: lease + txn + delete"}[r["case"]]
+            w(f"| {label} (`{r['case']}`){err} | {r['clients']} | {fmt(r['ops_per_sec'])} | {fmt_us(r['lat_p50_us'])} | "
+              f"{fmt_us(r['lat_p99_us'])} | {fmt_ratio(r.get('ratio_to_directory'))} | "
+              f"{fmt_ratio(r.get('ratio_to_etcd_peer'))} | "
+              f"{fmt(r['lockbusd_cpu_us_per_op'], 1, ' µs') if r['case'] != 'etcd' else '–'} | "
+              f"{fmt(r['etcd_cpu_us_per_op'], 1, ' µs')} | {r['reps']} |")
+        w("")
+        for k, e in enumerate(errors, 1):
+            w(f"- ⚠ error {k}: {e}")
+        for c in sorted({r["clients"] for r in crows}):
+            p = find_pair(prows, "conn-excl-etcd", "etcd", c)
+            if p:
+                w(f"- Interleaved with the etcd peer (`conn-excl-etcd --pair=etcd`), {c} client{'s' if c > 1 else ''}: "
+                  f"{fmt(p['ops_per_sec'])} vs {fmt(p['pair_ops_per_sec'])} cycles/s, ratio {fmt_ratio(p['ratio'])} "
+                  f"(per repetition {', '.join(f'{x:.2f}' for x in p['ratio_reps'])}); p50 {fmt_us(p['lat_p50_us'])} "
+                  f"vs {fmt_us(p['pair_lat_p50_us'])}.")
+        for c in sorted({r["clients"] for r in crows}):
+            p = find(rows, "ping-etcd", c)
+            q = find(rows, "ping", c)
+            if p and q:
+                w(f"- Ping (no etcd involved), {c} client{'s' if c > 1 else ''}: {fmt(p['ops_per_sec'])}/s to the etcd "
+                  f"backend's lockbusd (p50 {fmt_us(p['lat_p50_us'])}), {fmt(q['ops_per_sec'])}/s to the main one "
+                  f"(p50 {fmt_us(q['lat_p50_us'])}).")
+        w("")
+    h = handoffs.get("handoff-etcd")
+    if h and h.get("handoff_p50_us") is not None:
+        d = handoffs.get("handoff", {})
+        w(f"Handoff (Unlock by A → grant to waiting B, {h.get('reps')} × {h.get('iterations') or '?'}): "
+          f"p50 {fmt_us(h['handoff_p50_us'])}, p99 {fmt_us(h['handoff_p99_us'])} on the etcd backend "
+          f"(A's Unlock reply {fmt_us(h['unlock_p50_us'])}, A's Ping {fmt_us(h.get('ping_p50_us'))}); "
+          f"directory backend p50 {fmt_us(d.get('handoff_p50_us'))}.")
+        w("")
+    if etcd_cli:
+        base = cli.get("etcdctl-lock")
+        w("Per process (hyperfine, like the CLI step): take a lock, run `true`, release, exit. Both lockbusctl "
+          "through their bus (`LOCKBUS_DIRECT_SOCKET=` empty).")
+        w("")
+        w("| command | median | mean ± sd | ÷ etcdctl lock | runs |")
+        w("| --- | ---: | ---: | ---: | ---: |")
+        for tool, what, c in etcd_cli:
+            ratio = c["median_ms"] / base["median_ms"] if base and base["median_ms"] else None
+            w(f"| {what} | {c['median_ms']:.1f} ms | {c['mean_ms']:.1f} ± {c['stddev_ms']:.1f} ms | "
+              f"{fmt_ratio(ratio)} | {c['runs']} |")
+        w("")
+    if cluster_log:
+        n = sum(len(x.get("lines", [])) for x in cluster_log)
+        w(f"**The etcd backend's lockbusd logged {n} line(s) of warnings, errors or refused locks** (level ≤ "
+          "notice, or `Refused lock`, with the two lines before each; the first lines of each step):")
+        w("")
+        w("```")
+        for x in cluster_log:
+            w(f"== {x.get('during')}" + (f" ({x['count']} lines)" if x.get("count") else ""))
+            for line in x.get("lines", [])[:8]:
+                w(line)
+        w("```")
+    else:
+        w("The etcd backend's lockbusd logged no warning, error or refused lock during these runs.")
+    w("")
+
+
 def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png,
-             orows):
+             orows, cluster_log):
     md = []
     w = md.append
     w(f"# lockbus benchmark, {meta.get('date', '')}")
@@ -530,7 +663,10 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
             ("pers-excl-direct-nowait", "lockbus direct socket, scope persistent, nowait", 1),
             ("flock", "flock(2) on an open fd", 1), ("redis", "Redis SET NX PX + DEL", 1),
             ("redis-pipelined", "Redis SET NX PX + DEL, pipelined (DEL with the next SET)", 1),
-            ("postgres", "PostgreSQL advisory lock + unlock", 1), ("etcd", "etcd lease + txn + delete (durable)", 1)]
+            ("postgres", "PostgreSQL advisory lock + unlock", 1), ("etcd", "etcd lease + txn + delete (durable)", 1),
+            ("conn-excl-etcd", "lockbus, etcd backend, scope connection (decided in etcd)", 1),
+            ("conn-excl-etcd-nowait", "lockbus, etcd backend, scope connection, nowait", 1),
+            ("pers-excl-etcd", "lockbus, etcd backend, scope persistent (durable in etcd)", 1)]
     for case, label, scale_f in main:
         if not any(find(rows, case, c) for c in clients):
             continue
@@ -544,7 +680,8 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
         w(f"| {label} | " + " | ".join(cells) + f" | {fmt_us(p50)} | {fmt_us(p99)} |")
     w("")
     w("(For the floors, ops/s are Ping calls ÷ 2 and latency two Pings, i.e. what a cycle would cost "
-      "if lockbusd did nothing.)")
+      "if lockbusd did nothing. The etcd backend rows: the same client code on a second bus whose lockbusd "
+      "decides every lock in etcd, the etcd above; see \"Cluster mode\".)")
     w("")
 
     w("## Every closed-loop case")
@@ -584,6 +721,7 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
         w("")
 
     one_cpu_markdown(w, meta, rows, groups, orows)
+    cluster_markdown(w, meta, rows, groups, prows, cli, handoffs, cluster_log)
 
     w("## Handoff, contention, scale, start, CLI")
     w("")
@@ -646,6 +784,8 @@ def markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, col
         w(f"| first Acquire of a new connection, lockbusd running (median) | "
           f"{fmt_us(cold.get('first_call_running_p50_us'))} |")
     for tool, c in cli.items():
+        if tool in dict(CLI_CLUSTER):
+            continue        # in "Cluster mode"
         what = {"lockbusctl": "`lockbusctl lock` + `lockbusctl unlock` (2 processes, through the bus)",
                 "busctl": "two `busctl call`s (Lock, Unlock)",
                 "lockbusctl-direct": "`lockbusctl lock` + `unlock` through the direct socket"}.get(tool, tool)
@@ -684,7 +824,7 @@ def main():
     handoff_keys = ["handoff_p50_us", "handoff_p99_us", "handoff_mean_us", "unlock_p50_us", "unlock_p99_us",
                     "ping_p50_us", "ping_p99_us", "iterations"]
     handoffs = {}
-    for name in ("handoff", "handoff-direct"):
+    for name in ("handoff", "handoff-direct", "handoff-etcd"):
         recs = scenario(raw, name)
         if recs:
             handoffs[name] = scenario_medians(recs, handoff_keys)
@@ -708,14 +848,19 @@ def main():
     orows = one_cpu(raw)
     targets = targets_table(rows, groups, prows, raw, handoffs.get("handoff", {}), scale, cold, cli, orows)
     png = write_plot(rows, meta, args.out)
+    cluster_log = scenario(raw, "etcd-backend-log")
     md = markdown(meta, rows, groups, prows, handoffs, contended, scale, waiters, cold, cli, peers, targets, png,
-                  orows)
+                  orows, cluster_log)
 
     result = {
         "meta": meta,
         "closed_loop": rows,
         "paired": prows,
         "one_cpu": orows,
+        "cluster": {"closed_loop": cluster_rows(rows, groups),
+                    "cli": {t: cli[t] for t, _ in CLI_CLUSTER if t in cli},
+                    "handoff": handoffs.get("handoff-etcd", {}),
+                    "daemon_log": cluster_log},
         "handoff": handoffs,
         "scale_holds": scale,
         "scale_waiters": waiters,

@@ -8,7 +8,7 @@
 # directories, runs every case, stops everything it started, and writes
 # bench/results/<date>.json, .md and .png. See bench/README.md.
 #
-#   bench/run.sh                  full run (~18 min): 4 s per case, 3 repetitions
+#   bench/run.sh                  full run (~21 min): 4 s per case, 3 repetitions
 #   bench/run.sh --quick          quick run (~1-2 min): 1 s, 1 repetition, smaller scale cases
 #   bench/run.sh --duration=SEC --reps=N   other times
 #
@@ -19,6 +19,8 @@
 # 32 client users' first uid, default 61000, if those are taken).
 # After the repetitions, the step "one CPU" runs a few 1-client cases with
 # lockbusd, dbus-daemon, redis-server and the clients all pinned to CPU 0.
+# With the peers, a second bus and lockbusd with --backend=etcd (on the
+# peers' etcd) run the "-etcd" cases, handoff-etcd and etcdctl lock.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +37,7 @@ keep=false
 uid_base=61000
 
 usage() {
-        sed -n '4,21s/^# \{0,1\}//p' "$0"
+        sed -n '4,23s/^# \{0,1\}//p' "$0"
 }
 
 die() {
@@ -64,6 +66,7 @@ if "$quick"; then
         reps="${reps:-1}"
         warmup=0.2
         handoff_iterations=300
+        handoff_etcd_iterations=50
         cold_iterations=5
         scale_holds=10000
         scale_waiters=1000
@@ -74,6 +77,7 @@ else
         reps="${reps:-3}"
         warmup=0.5
         handoff_iterations=2000
+        handoff_etcd_iterations=200
         cold_iterations=20
         scale_holds=100000
         scale_waiters=10000
@@ -96,6 +100,11 @@ lockbus_cases=(ping conn-excl conn-excl-nowait pers-excl pers-excl-nowait conn-s
                conn-shared-same pers-shared-same contended
                ping-direct conn-excl-direct conn-excl-direct-nowait pers-excl-direct pers-excl-direct-nowait)
 peer_cases=(flock redis redis-pipelined postgres etcd)
+# Cluster mode: the same client code on a second bus whose lockbusd decides
+# every lock in etcd (the peers' etcd), at these client counts (slow: each
+# cycle is several etcd writes, each fsynced by etcd).
+etcd_backend_cases=(ping-etcd conn-excl-etcd conn-excl-etcd-nowait pers-excl-etcd)
+etcd_backend_client_counts=(1 8)
 
 stamp="$(date -u +%Y-%m-%d)"
 "$quick" && stamp="$stamp-quick"
@@ -302,13 +311,14 @@ EOF
         bus_pid=$!
 }
 
-# start_lockbusd NAME: lockbusd directly (not activated), never exiting on
-# idle; sets lockbusd_pid.
+# start_lockbusd NAME [ARGS...]: lockbusd directly (not activated), never
+# exiting on idle, with ARGS added; sets lockbusd_pid.
 start_lockbusd() {
         local name="$1"
+        shift
 
         "$lockbusd" --system --idle-timeout=0 --lock-directory="$work/$name-lock" \
-                --runtime-directory="$rt/$name-run" </dev/null >>"$rt/$name-lockbusd.log" 2>&1 &
+                --runtime-directory="$rt/$name-run" "$@" </dev/null >>"$rt/$name-lockbusd.log" 2>&1 &
         lockbusd_pid=$!
         pids+=("$lockbusd_pid")
         "$harness" wait-name --timeout=10 || { cat "$rt/$name-lockbusd.log" >&2; die "lockbusd ($name) did not start"; }
@@ -336,6 +346,7 @@ redis_socket=""
 redis_pid=""
 pg_conninfo=""
 etcd_url=""
+etcd_pid=""
 
 free_port() {
         python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -386,11 +397,70 @@ if "$with_peers"; then
                 --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
                 --initial-cluster "bench=http://127.0.0.1:$etcd_peer_port" \
                 --logger=zap --log-level=error </dev/null >"$work/etcd.log" 2>&1 &
-        pids+=($!)
+        etcd_pid=$!
+        pids+=("$etcd_pid")
         wait_for 30 env ETCDCTL_API=3 etcdctl --endpoints="$etcd_url" endpoint health ||
                 { cat "$work/etcd.log" >&2; die "etcd did not start"; }
         echo "etcd $(etcd --version | sed -n 's/^etcd Version: //p') at $etcd_url"
 fi
+
+# --- Cluster mode: a second bus, its lockbusd deciding in etcd ---------------
+
+# A second private bus (its own lock and runtime directories) whose
+# lockbusd runs with --backend=etcd on the peers' etcd, under its own key
+# prefix. No activation file there: a daemon that dies stays dead, and the
+# cases after it fail, rather than a directory-backend daemon taking over.
+# JOURNAL_STREAM makes its log lines carry their level ("<4>" a warning),
+# so that check_cluster_log can pick its warnings and errors out of the
+# grants and releases. Its clients never take a direct socket (the cases
+# set LOCKBUS_DIRECT_SOCKET empty and check they went through the bus).
+cluster_bus=""
+cluster_bus_pid=""
+cluster_lockbusd_pid=""
+cluster_problems="$work/cluster-problems.log"
+if [[ -n "$etcd_url" ]]; then
+        step "cluster mode: second bus, lockbusd --backend=etcd"
+        start_bus cluster
+        cluster_bus="$bus_address"
+        cluster_bus_pid="$bus_pid"
+        rm -f "$work/cluster/services/io.lockbus1.service"
+        JOURNAL_STREAM=bench DBUS_SYSTEM_BUS_ADDRESS="$cluster_bus" start_lockbusd cluster \
+                --backend=etcd --etcd-endpoints="$etcd_url" --etcd-prefix=/lockbus-bench
+        cluster_lockbusd_pid="$lockbusd_pid"
+        echo "bus $cluster_bus (dbus-daemon pid $cluster_bus_pid), lockbusd --backend=etcd pid $cluster_lockbusd_pid," \
+                "etcd $etcd_url, prefix /lockbus-bench"
+        sed 's/^<[0-9]>//; s/^/  lockbusd: /' "$rt/cluster-lockbusd.log"
+        : >"$rt/cluster-lockbusd.log"
+else
+        step "cluster mode"
+        echo "skipped: no etcd peer (--no-peers); the -etcd cases, handoff-etcd and etcdctl lock are not run"
+fi
+
+# check_cluster_log WHAT: the etcd-backend lockbusd's warnings and errors
+# (level 0-5) and refused locks (none is expected: each client locks its
+# own resource) since the last call, with the two lines before each, go to
+# $cluster_problems, the terminal and $raw ("etcd-backend-log"), labelled
+# WHAT; a daemon that is gone is said so; then its log (every grant and
+# release) is emptied, keeping tmpfs small.
+check_cluster_log() {
+        local what="$1" lines
+        [[ -n "$cluster_bus" ]] || return 0
+        lines="$(grep -a -B2 -E '^<[0-5]>|Refused lock' "$rt/cluster-lockbusd.log" || true)"
+        if ! kill -0 "$cluster_lockbusd_pid" 2>/dev/null; then
+                lines+="${lines:+$'\n'}(lockbusd --backend=etcd, pid $cluster_lockbusd_pid, has exited; its last lines:)"
+                lines+=$'\n'"$(tail -n 20 "$rt/cluster-lockbusd.log")"
+        fi
+        if [[ -n "$lines" ]]; then
+                { echo "== $what"; echo "$lines"; } >>"$cluster_problems"
+                # For the report (the first 50 lines of the step).
+                python3 -c 'import json, sys; l = sys.stdin.read().splitlines(); print(json.dumps({"case": "etcd-backend-log", "during": sys.argv[1], "count": len(l), "lines": l[:50]}))' \
+                        "$what" <<<"$lines" >>"$raw"
+                echo "  lockbusd --backend=etcd during $what:" >&2
+                sed 's/^/    /' <<<"$lines" | head -n 20 >&2
+        fi
+        : >"$rt/cluster-lockbusd.log"
+        : >"$rt/cluster-bus.log"
+}
 
 mkdir -p "$work/flock"
 
@@ -427,6 +497,8 @@ cat >"$work/meta.json" <<EOF
   "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "clients_as": "users lockbus-bench-NN (uids $uid_base + i), one per client process; peers' clients as root",
   "direct_socket": $([[ -n "$direct_socket" ]] && echo true || echo false),
+  "etcd_backend": "$([[ -n "$cluster_bus" ]] && echo "a second private bus (same policy and limits) with lockbusd --backend=etcd --etcd-endpoints=$etcd_url --etcd-prefix=/lockbus-bench --idle-timeout=0 (default lease TTL), the peers' etcd; its clients through that bus (no direct socket)" || echo "skipped: no etcd peer")",
+  "etcd_backend_client_counts": [$(IFS=,; echo "${etcd_backend_client_counts[*]}")],
   "bus": "dbus-daemon $(dbus-daemon --version | sed -n '1s/.* //p') (private, system-like, stock limits)",
   "dbus_broker": "skipped: dbus-broker needs systemd (journald) to run, which these machines lack as PID 1 (TESTING.md section 6)",
   "lock_directory_fs": "$(stat -f -c %T "$work")",
@@ -450,17 +522,25 @@ run_tag=""
 run_case() {
         local bench_case="$1" clients="$2" rep="$3" watch=() line
         shift 3
-        local owner_pid
-        owner_pid="$("$harness" daemon-pid 2>/dev/null || true)"
-        [[ "$owner_pid" =~ ^[0-9]+$ ]] && watch+=("--watch=lockbusd:$owner_pid")
-        watch+=("--watch=dbus_daemon:$main_bus_pid")
+        local owner_pid etcd_backend=false
+        [[ "$bench_case" == *-etcd || "$bench_case" == *-etcd-* ]] && etcd_backend=true
+        if "$etcd_backend"; then
+                # The lockbusd that decides in etcd, its bus, and etcd itself.
+                watch+=("--watch=lockbusd:$cluster_lockbusd_pid" "--watch=dbus_daemon:$cluster_bus_pid")
+        else
+                owner_pid="$("$harness" daemon-pid 2>/dev/null || true)"
+                [[ "$owner_pid" =~ ^[0-9]+$ ]] && watch+=("--watch=lockbusd:$owner_pid")
+                watch+=("--watch=dbus_daemon:$main_bus_pid")
+        fi
+        [[ -n "$etcd_pid" && ( "$bench_case" == etcd || "$etcd_backend" == true ) ]] && watch+=("--watch=etcd:$etcd_pid")
         if line="$("${harness_prefix[@]}" "$harness" run "$bench_case" --clients="$clients" --duration="$duration" \
                         --warmup="$warmup" --rep="$rep" ${run_tag:+--tag="$run_tag"} "${watch[@]}" \
                         --flock-dir="$work/flock" --uid-base="$uid_base" \
                         ${direct_socket:+--direct-socket="$direct_socket"} \
                         ${redis_socket:+--redis-socket="$redis_socket"} \
                         ${pg_conninfo:+--postgres="$pg_conninfo"} \
-                        ${etcd_url:+--etcd-url="$etcd_url"} "$@")" && [[ -n "$line" ]]; then
+                        ${etcd_url:+--etcd-url="$etcd_url"} ${cluster_bus:+--etcd-bus="$cluster_bus"} \
+                        "$@")" && [[ -n "$line" ]]; then
                 echo "$line" >>"$raw"
         else
                 [[ -n "$line" ]] && echo "$line" >>"$raw" ||
@@ -470,6 +550,8 @@ run_case() {
         # The daemons log every grant and release; keep tmpfs small.
         : >"$rt/main-lockbusd.log"
         : >"$rt/main-bus.log"
+        "$etcd_backend" && check_cluster_log "$bench_case, $clients client(s), repetition $rep"
+        return 0
 }
 
 run_scenario() {        # run_scenario COMMAND ARGS...: one line into $raw, echoed
@@ -499,6 +581,12 @@ for ((rep = 1; rep <= reps; rep++)); do
                         [[ -z "$direct_socket" && "$bench_case" =~ -direct(-nowait)?$ ]] && continue
                         run_case "$bench_case" "$clients" "$rep"
                 done
+                # Cluster mode, right after the etcd peer at the same count.
+                if [[ -n "$cluster_bus" && " ${etcd_backend_client_counts[*]} " == *" $clients "* ]]; then
+                        for bench_case in "${etcd_backend_cases[@]}"; do
+                                run_case "$bench_case" "$clients" "$rep"
+                        done
+                fi
         done
         # The ratios of the targets, measured interleaved: both cases run by
         # the same clients, switching every 100 ms, so that a busy moment of
@@ -519,9 +607,18 @@ for ((rep = 1; rep <= reps; rep++)); do
                         done
                 fi
         fi
+        # Cluster mode against raw etcd (etcd's fsync times wander a lot).
+        if [[ -n "$cluster_bus" ]]; then
+                run_case conn-excl-etcd 1 "$rep" --pair=etcd
+                run_case conn-excl-etcd 8 "$rep" --pair=etcd
+        fi
         step "repetition $rep/$reps: handoff"
         run_scenario handoff --iterations="$handoff_iterations"
         [[ -n "$direct_socket" ]] && run_scenario handoff --iterations="$handoff_iterations" --direct-socket="$direct_socket"
+        if [[ -n "$cluster_bus" ]]; then
+                run_scenario handoff --iterations="$handoff_etcd_iterations" --etcd-bus="$cluster_bus"
+                check_cluster_log "handoff-etcd, repetition $rep"
+        fi
 done
 
 # --- All on one CPU ---------------------------------------------------------------------
@@ -577,6 +674,14 @@ if [[ -n "$direct_socket" ]]; then
         direct_pair="LOCKBUS_DIRECT_SOCKET=$direct_socket $lockbusctl lock bench/cli >/dev/null && LOCKBUS_DIRECT_SOCKET=$direct_socket $lockbusctl unlock bench/cli"
         cli_commands+=(-n lockbusctl-direct "$direct_pair")
 fi
+# Cluster mode, one process each: etcdctl lock (session lease, lock, the
+# command, unlock) vs lockbusctl run on the etcd backend's bus vs on the
+# directory backend's; both lockbusctl through their bus (no direct socket).
+if [[ -n "$cluster_bus" ]]; then
+        cli_commands+=(-n etcdctl-lock "ETCDCTL_API=3 etcdctl --endpoints=$etcd_url lock bench/cli true"
+                       -n lockbusctl-run-etcd "DBUS_SYSTEM_BUS_ADDRESS=$cluster_bus LOCKBUS_DIRECT_SOCKET= $lockbusctl run bench/cli -- true"
+                       -n lockbusctl-run "LOCKBUS_DIRECT_SOCKET= $lockbusctl run bench/cli -- true")
+fi
 if command -v hyperfine >/dev/null; then
         hyperfine --style=basic --warmup=3 --runs="$cli_runs" --export-json="$work/cli.json" \
                 "${cli_commands[@]}" >"$work/hyperfine.log" 2>&1 ||
@@ -605,6 +710,7 @@ else
         done
 fi
 grep '"case": "cli"' "$raw" | sed 's/^/  /'
+check_cluster_log "CLI"
 
 # --- How many clients at once -------------------------------------------------------------
 
