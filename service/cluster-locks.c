@@ -1256,7 +1256,6 @@ static void on_finalized(EtcdCall *call, int error, const char *error_message, c
  * create_revision (a key that vanished is never brought back). */
 static void acquire_finalize(ClusterAcquire *a) {
         _cleanup_(etcd_txn_freep) EtcdTxn *t = NULL;
-        _cleanup_(cluster_entry_clear) ClusterEntry e = {};
         g_autofree char *value = NULL;
         ClusterHold *h;
         int64_t lease = a->scope == HOLD_SCOPE_PERSISTENT ? a->hold_lease : a->lease;
