@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Cluster mode when things die: a lockbusd killed with SIGKILL (its
+ * persistent holds stay, its connection holds vanish cluster-wide after
+ * the lease TTL and the other host's waiter is served), one etcd member
+ * killed (locking goes on, leases stay), and every member killed (Lock
+ * fails with Storage naming etcd and its endpoints, never a grant; the
+ * holds on the lost lease are dropped and their holder told).
+ *
+ * The cases run in the order registered: the last two break the program's
+ * etcd cluster (one member, then the rest), as the last of its cases.
+ *
+ * Nothing sleeps: every wait is for a reply (a waiter's grant, error or
+ * timeout), a NameOwnerChanged or keys in etcd; where time is the subject
+ * the clock is read after the event. */
+
+#include <inttypes.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster-test.h"
+
+#define WAIT_FOREVER (&(TestAcquireOptions) { .has_timeout = true, .timeout = UINT64_MAX })
+
+static char *locked_on_host_message(const char *resource, uid_t uid, pid_t pid, const char *comm,
+                                    const char *host) {
+        return g_strdup_printf("Resource '%s' already locked by uid %u (pid %d, %s) on host %s", resource,
+                               (unsigned) uid, (int) pid, comm, host);
+}
+
+/* lockbusd of host A killed (kill -9): its connection hold goes after the
+ * lease TTL (B's waiter gets it), its persistent hold stays, and A's next
+ * daemon has it again as its own. */
+static void test_daemon_killed(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = test_bus_connect(f->a.bus);
+        g_autoptr(TestCall) waiter = NULL;
+        g_autoptr(GPtrArray) holders = NULL, on_a = NULL;
+        g_autofree char *sender_a = NULL, *sender_b = NULL, *message = NULL;
+        uint64_t t_conn, t_pers, t_waiter, killed, granted;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        t_conn = test_acquire_ok(a1, "conn", NULL);
+        t_pers = test_lock_ok(f->a.client, "pers");
+        waiter = test_acquire_async(f->b.client, "conn", WAIT_FOREVER);
+        cluster_wait_keys(f, "conn", 2);
+        assert_call_pending(waiter);
+
+        killed = test_now_monotonic();
+        test_bus_kill_daemon(f->a.bus);
+
+        /* Served once etcd expired A's lease. */
+        t_waiter = test_call_wait_token(waiter);
+        granted = test_now_monotonic();
+        g_test_message("B's waiter granted %" PRIu64 " ms after A's daemon was killed", (granted - killed) / 1000U);
+        g_assert_cmpuint(t_waiter, >, t_pers);
+
+        /* The persistent hold stayed, still A's. */
+        sender_a = cluster_sender(&f->a, f->a.client);
+        holders = test_owner_ok(f->b.client, "pers", NULL);
+        g_assert_cmpuint(holders->len, ==, 1);
+        assert_holder(holders->pdata[0], geteuid(), getpid(), f->comm, sender_a, t_pers, "persistent");
+        message = locked_on_host_message("pers", geteuid(), getpid(), f->comm, "hostA");
+        r = test_lock(f->b.client, "pers", NULL, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_ALREADY_LOCKED, message);
+        sd_bus_error_free(&error);
+        g_assert_cmpuint(t_conn, <, t_pers);
+
+        /* A's next daemon: the persistent hold is its host's (plain sender,
+         * its uid may unlock it), the connection hold is B's now. */
+        cluster_host_start_daemon(f, &f->a);
+        on_a = test_list_locks_ok(f->a.client);
+        g_assert_cmpuint(on_a->len, ==, 2);
+        sender_b = cluster_sender(&f->b, f->b.client);
+        g_assert_cmpstr(((TestHolder *) on_a->pdata[0])->resource, ==, "conn");
+        assert_holder(on_a->pdata[0], geteuid(), getpid(), f->comm, sender_b, t_waiter, "connection");
+        g_assert_cmpstr(((TestHolder *) on_a->pdata[1])->resource, ==, "pers");
+        assert_holder(on_a->pdata[1], geteuid(), getpid(), f->comm, test_unique_name(f->a.client), t_pers,
+                      "persistent");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+
+        test_unlock_ok(f->a.client, "pers");
+        g_assert_cmpuint(test_lock_ok(f->b.client, "pers"), >, t_waiter);
+        test_unlock_ok(f->b.client, "pers");
+        test_unlock_ok(f->b.client, "conn");
+}
+
+/* Breaks the program's cluster: one member killed. Locking goes on through
+ * the others, and the daemons' leases stay (a hold outlives the TTL: a
+ * waiter with a longer timeout times out). */
+static void test_member_killed(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        g_autoptr(TestCall) waiter = NULL, outlived = NULL;
+        g_autofree char *message = NULL;
+        uint64_t t, t_waiter, t_keep, t_next, started;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        t = test_acquire_ok(f->a.client, "m", NULL);
+        t_keep = test_acquire_ok(f->a.client, "keep", NULL);
+        waiter = test_acquire_async(b2, "m", WAIT_FOREVER);
+        cluster_wait_keys(f, "m", 2);
+
+        /* The first endpoint: the one every client starts with. */
+        etcd_cluster_kill_member(f->etcd, 0);
+
+        test_unlock_ok(f->a.client, "m");
+        t_waiter = test_call_wait_token(waiter);
+        g_assert_cmpuint(t_waiter, >, t);
+        g_assert_cmpuint(t_waiter, >, t_keep);
+
+        message = locked_on_host_message("m", geteuid(), getpid(), f->comm, "hostB");
+        r = test_lock(f->a.client, "m", NULL, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_ALREADY_LOCKED, message);
+        sd_bus_error_free(&error);
+
+        t_next = test_lock_ok(f->a.client, "m2");
+        g_assert_cmpuint(t_next, >, t_waiter);
+        g_assert_cmpuint(test_lock_ok(f->b.client, "m3"), >, t_next);
+        test_unlock_ok(f->a.client, "m2");
+        test_unlock_ok(f->b.client, "m3");
+        test_unlock_ok(b2, "m");
+        g_assert_cmpuint(test_acquire_ok(f->a.client, "m", NULL), >, t_next);
+
+        /* A's hold on "keep" outlives one and a half lease TTLs. */
+        started = test_now_monotonic();
+        outlived = test_acquire_async(f->b.client, "keep",
+                                      &(TestAcquireOptions) { .has_timeout = true,
+                                                              .timeout = CLUSTER_LEASE_TTL_USEC * 3 / 2 });
+        test_call_wait(outlived);
+        r = test_call_result(outlived, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_TIMEOUT, NULL);
+        g_assert_cmpuint(test_now_monotonic() - started, >=, CLUSTER_LEASE_TTL_USEC * 3 / 2);
+        sd_bus_error_free(&error);
+        test_unlock_ok(f->a.client, "keep");
+}
+
+/* LockLost signals received on a connection, as "RESOURCE TOKEN REASON". */
+typedef struct LostSignals {
+        GPtrArray *lines;
+        unsigned wanted;
+        bool done;
+} LostSignals;
+
+static int on_lock_lost(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        LostSignals *l = userdata;
+        const char *resource, *reason;
+        uint64_t token;
+
+        g_assert_cmpint(sd_bus_message_read(m, "sts", &resource, &token, &reason), >, 0);
+        g_ptr_array_add(l->lines, g_strdup_printf("%s %" PRIu64 " %s", resource, token, reason));
+        l->done = l->lines->len >= l->wanted;
+        return 0;
+}
+
+static void assert_storage_error(int r, const sd_bus_error *error, EtcdCluster *etcd, const char *what) {
+        g_test_message("%s with etcd down: %s: %s", what, strempty(error->name), strempty(error->message));
+        assert_call_error(r, error, LOCKBUS_ERROR_STORAGE, NULL);
+        g_assert_nonnull(strstr(error->message, "etcd"));
+        for (unsigned i = 0; i < etcd_cluster_size(etcd); i++)
+                g_assert_nonnull(strstr(error->message, etcd_cluster_endpoint(etcd, i)));
+}
+
+/* Breaks the program's cluster for good: every member killed. Lock fails
+ * with Storage naming etcd and the endpoints, right away and after the
+ * lease is lost (shown by the daemon dropping an fd hold); the holder of
+ * the lost holds hears LockLost; a waiter gets an error, never a grant. */
+static void test_all_members_killed(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(TestCall) waiter = NULL;
+        g_autofree char *lost_c = NULL, *lost_fd = NULL;
+        _cleanup_close_ int fd = -1;
+        LostSignals signals = { .lines = lines, .wanted = 2 };
+        uint64_t killed, lost, t_c, t_fd;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        g_assert_cmpint(sd_bus_match_signal(f->a.client, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                            "LockLost", on_lock_lost, &signals), >=, 0);
+        t_c = test_acquire_ok(f->a.client, "c", NULL);
+        fd = test_acquire_fd_ok(f->a.client, "fd", NULL, &t_fd);
+        waiter = test_acquire_async(b2, "c", WAIT_FOREVER);
+        cluster_wait_keys(f, "c", 2);
+
+        killed = test_now_monotonic();
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_kill_member(f->etcd, i);
+
+        /* Right away: the leases are not known lost yet. */
+        r = test_lock(f->a.client, "new", NULL, &error);
+        assert_storage_error(r, &error, f->etcd, "Lock on A");
+        sd_bus_error_free(&error);
+        r = test_acquire(f->b.client, "new", NULL, NULL, &error);
+        assert_storage_error(r, &error, f->etcd, "Acquire on B");
+        sd_bus_error_free(&error);
+
+        /* B's waiter: an error once B's daemon gives up on it, not a grant. */
+        test_call_wait(waiter);
+        r = test_call_result(waiter, &error);
+        g_test_message("B's waiter %" PRIu64 " ms after etcd went down: %s: %s",
+                       (test_now_monotonic() - killed) / 1000U, strempty(error.name), strempty(error.message));
+        g_assert_cmpint(r, <, 0);
+        g_assert_true(sd_bus_error_is_set(&error));
+        sd_bus_error_free(&error);
+
+        /* Still refused, still named. */
+        r = test_lock(f->b.client, "new", NULL, &error);
+        assert_storage_error(r, &error, f->etcd, "Lock on B after its waiter failed");
+        sd_bus_error_free(&error);
+        r = test_acquire(f->a.client, "c", WAIT_FOREVER, NULL, &error);
+        g_test_message("Acquire on A of its own hold: %s: %s", strempty(error.name), strempty(error.message));
+        g_assert_cmpint(r, <, 0);
+        g_assert_true(sd_bus_error_has_names(&error, LOCKBUS_ERROR_ALREADY_LOCKED, LOCKBUS_ERROR_STORAGE));
+        sd_bus_error_free(&error);
+
+        /* A's lease is lost within about a TTL of the kill (a TTL after
+         * the last renewal it sent): A drops its fd hold, closing its end of
+         * the hold's pipe (README, "Cluster mode"). Still refused then. */
+        if (!test_wait_readable(fd, killed + 2 * CLUSTER_LEASE_TTL_USEC))
+                g_error("A's fd hold was not dropped within two lease TTLs of etcd going down");
+        lost = test_now_monotonic();
+        g_test_message("A dropped its fd hold %" PRIu64 " ms after etcd went down", (lost - killed) / 1000U);
+        r = test_lock(f->a.client, "new", NULL, &error);
+        assert_storage_error(r, &error, f->etcd, "Lock on A after its lease was lost");
+        sd_bus_error_free(&error);
+
+        /* Its holder was told, for both holds (LockLost, reason "lost"). */
+        test_bus_process_until(f->a.client, &signals.done, -1, "LockLost for A's holds");
+        g_ptr_array_sort(lines, test_compare_strings);
+        lost_c = g_strdup_printf("c %" PRIu64 " lost", t_c);
+        lost_fd = g_strdup_printf("fd %" PRIu64 " lost", t_fd);
+        g_assert_cmpuint(lines->len, ==, 2);
+        g_assert_cmpstr(lines->pdata[0], ==, lost_c);
+        g_assert_cmpstr(lines->pdata[1], ==, lost_fd);
+
+        /* Both daemons are still there. */
+        g_assert_cmpint(test_bus_daemon_pid(f->a.bus), ==, f->a.bus->daemon_pid);
+        g_assert_cmpint(test_bus_daemon_pid(f->b.bus), ==, f->b.bus->daemon_pid);
+}
+
+int main(int argc, char *argv[]) {
+        cluster_test_init(&argc, &argv);
+
+        cluster_test_add("/cluster/failure/daemon-killed", test_daemon_killed);
+        cluster_test_add("/cluster/failure/etcd-member-killed", test_member_killed);
+        cluster_test_add("/cluster/failure/etcd-all-killed", test_all_members_killed);
+
+        return cluster_test_run();
+}
