@@ -97,15 +97,18 @@ static void test_exclusive_blocks_other_host(ClusterFixture *f, gconstpointer da
 /* Three waiters, on B, A and B in that order, behind a hold on A: each
  * release grants exactly the next one. */
 static void test_fifo_across_hosts(ClusterFixture *f, gconstpointer data) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b1 = test_bus_connect(f->b.bus);
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = test_bus_connect(f->a.bus);
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b3 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b1 = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b3 = NULL;
         g_autoptr(TestCall) w1 = NULL, w2 = NULL, w3 = NULL;
         g_autoptr(GPtrArray) holders = NULL;
         g_autofree char *sender_b1 = NULL;
         uint64_t t0, t1, t2, t3;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        b1 = test_bus_connect(f->b.bus);
+        a2 = test_bus_connect(f->a.bus);
+        b3 = test_bus_connect(f->b.bus);
 
         t0 = test_acquire_ok(f->a.client, "q", NULL);
         cluster_wait_keys(f, "q", 1);
@@ -155,8 +158,8 @@ static void test_fifo_across_hosts(ClusterFixture *f, gconstpointer data) {
  * both, and a shared one behind it waits too (no writer starvation). */
 static void test_shared_both_hosts(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = test_bus_connect(f->a.bus);
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = NULL;
         g_autoptr(TestCall) writer = NULL, reader = NULL;
         g_autoptr(GPtrArray) on_a = NULL, on_b = NULL;
         g_autofree char *mode = NULL, *sender_a = NULL, *sender_b = NULL;
@@ -164,6 +167,8 @@ static void test_shared_both_hosts(ClusterFixture *f, gconstpointer data) {
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        a2 = test_bus_connect(f->a.bus);
+        b2 = test_bus_connect(f->b.bus);
 
         ta = test_acquire_ok(f->a.client, "s", NO_WAIT("shared"));
         tb = test_acquire_ok(f->b.client, "s", NO_WAIT("shared"));
@@ -317,7 +322,7 @@ static void test_list_both_hosts(ClusterFixture *f, gconstpointer data) {
  * polkit on these buses). */
 static void test_break_other_host(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = NULL;
         g_autoptr(TestCall) waiter = NULL;
         g_autoptr(TestClient) nobody = NULL;
         g_autoptr(GPtrArray) holders = NULL;
@@ -326,6 +331,7 @@ static void test_break_other_host(ClusterFixture *f, gconstpointer data) {
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        b2 = test_bus_connect(f->b.bus);
 
         token = test_acquire_ok(f->a.client, "brk", NULL);
         (void) test_lock_ok(f->a.client, "brk-pers");
@@ -378,12 +384,13 @@ static void test_break_other_host(ClusterFixture *f, gconstpointer data) {
  * on the other host is another owner and queues. */
 static void test_not_reentrant(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = test_bus_connect(f->a.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = NULL;
         g_autoptr(TestCall) other_host = NULL;
         uint64_t token, t_pers;
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        a2 = test_bus_connect(f->a.bus);
 
         token = test_acquire_ok(f->a.client, "re", NULL);
         r = test_acquire(f->a.client, "re", WAIT_FOREVER(NULL), NULL, &error);
@@ -482,14 +489,17 @@ static void test_non_root(ClusterFixture *f, gconstpointer data) {
  * gone); a holder on A that disconnects frees the resource for B. */
 static void test_timeout_and_disconnect(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b3 = test_bus_connect(f->b.bus);
-        sd_bus *a1 = test_bus_connect(f->a.bus), *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b3 = NULL;
+        sd_bus *a1 = NULL, *b2 = NULL;
         g_autoptr(TestCall) w3 = NULL;
         TestCall *w2;
         uint64_t t, started;
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        b3 = test_bus_connect(f->b.bus);
+        a1 = test_bus_connect(f->a.bus);
+        b2 = test_bus_connect(f->b.bus);
 
         t = test_acquire_ok(a1, "w", NULL);
 

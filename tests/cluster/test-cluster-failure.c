@@ -33,7 +33,7 @@ static char *locked_on_host_message(const char *resource, uid_t uid, pid_t pid, 
  * daemon has it again as its own. */
 static void test_daemon_killed(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = test_bus_connect(f->a.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
         g_autoptr(TestCall) waiter = NULL;
         g_autoptr(GPtrArray) holders = NULL, on_a = NULL;
         g_autofree char *sender_a = NULL, *sender_b = NULL, *message = NULL;
@@ -41,6 +41,7 @@ static void test_daemon_killed(ClusterFixture *f, gconstpointer data) {
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
 
         t_conn = test_acquire_ok(a1, "conn", NULL);
         t_pers = test_lock_ok(f->a.client, "pers");
@@ -92,13 +93,14 @@ static void test_daemon_killed(ClusterFixture *f, gconstpointer data) {
  * waiter with a longer timeout times out). */
 static void test_member_killed(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = NULL;
         g_autoptr(TestCall) waiter = NULL, outlived = NULL;
         g_autofree char *message = NULL;
         uint64_t t, t_waiter, t_keep, t_next, started;
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        b2 = test_bus_connect(f->b.bus);
 
         t = test_acquire_ok(f->a.client, "m", NULL);
         t_keep = test_acquire_ok(f->a.client, "keep", NULL);
@@ -171,7 +173,7 @@ static void assert_storage_error(int r, const sd_bus_error *error, EtcdCluster *
  * the lost holds hears LockLost; a waiter gets an error, never a grant. */
 static void test_all_members_killed(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = test_bus_connect(f->b.bus);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *b2 = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
         g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
         g_autoptr(TestCall) waiter = NULL;
@@ -182,6 +184,7 @@ static void test_all_members_killed(ClusterFixture *f, gconstpointer data) {
         int r;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
+        b2 = test_bus_connect(f->b.bus);
 
         g_assert_cmpint(sd_bus_match_signal(f->a.client, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
                                             "LockLost", on_lock_lost, &signals), >=, 0);
