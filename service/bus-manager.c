@@ -479,6 +479,9 @@ static void on_cluster_unlocked(Manager *m, int error, const char *error_message
         ClusterCall *c = userdata;
         int r;
 
+        /* It was not the caller's any more: say whose it is. */
+        if (error == -ENOENT)
+                return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "remove", error, error_message);
         r = sd_bus_reply_method_return(c->message, NULL);
@@ -502,10 +505,8 @@ static void on_cluster_refreshed(Manager *m, int error, const char *error_messag
         ClusterCall *c = userdata;
         int r;
 
-        if (error == -ENOENT) {
-                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
-                return cluster_call_fail(c, &e);
-        }
+        if (error == -ENOENT)
+                return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "refresh", error, error_message);
         r = sd_bus_reply_method_return(c->message, "t", expires_usec);

@@ -236,10 +236,15 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         ClusterBackendDone callback = call->callback;
         Hold *h = find_local_hold(b, call->resource, call->token);
 
-        if (error >= 0 || error == -ENOENT) {
+        if (error >= 0) {
                 if (h)
                         manager_drop_hold(b->manager, h, "Released (unlocked)");
-                error = 0;
+        } else if (error == -ENOENT) {
+                /* Its key was gone already: broken by another host, or
+                 * removed by hand. Not the caller's any more; the caller
+                 * hears who holds it now. */
+                if (h)
+                        manager_drop_hold(b->manager, h, "Released (gone from etcd)");
         } else if (h)
                 /* Still held: it may be unlocked again. */
                 h->cluster_hold = call->cluster_hold;

@@ -72,8 +72,9 @@ unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid
 void cluster_backend_forget(ClusterBackend *b, Hold *h);
 
 /* Unlock by the owner: callback(m, 0, NULL, userdata) once etcd deleted the
- * key (the Hold is then out of the table and freed), else the error and
- * etcd's message, and the hold stays. */
+ * key (the Hold is then out of the table and freed); -ENOENT if the key was
+ * gone already (another host broke it; the Hold is freed too); else the
+ * error and etcd's message, and the hold stays. */
 void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata);
 
 /* Refresh: the new expiry (CLOCK_REALTIME µs, 0 without TTL). */
