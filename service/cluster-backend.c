@@ -21,6 +21,12 @@ struct ClusterBackend {
         char *where;                    /* "etcd (URL, …)" */
         char *machine_id;
         GHashTable *pending;            /* Pending * (owned) */
+        /* Unlocks under way, by "SENDER\nRESOURCE": the requests of that
+         * caller for that resource that came after the Unlock wait for it
+         * (GQueue of AcquireRequest *), so that a caller's calls are served
+         * in order, as on one host (lockbus_unlock_nowait() relies on it). */
+        GHashTable *unlocking;
+        unsigned n_deferred;
         bool adopted;                   /* this machine's persistent holds are in the table */
         bool start_done;                /* the first lease and the adoption finished, or failed */
         bool stopped;
@@ -37,6 +43,7 @@ typedef struct Pending {
  * resource and token when etcd answers (it may have ended meanwhile). */
 typedef struct HoldCall {
         ClusterBackend *backend;
+        char *order_key;                /* Unlock: its key in backend->unlocking */
         char *resource;
         uint64_t token;
         ClusterHold *cluster_hold;
@@ -57,6 +64,7 @@ static HoldCall *hold_call_new(ClusterBackend *b, const Hold *h, void *callback,
 }
 
 static void hold_call_free(HoldCall *c) {
+        g_free(c->order_key);
         g_free(c->resource);
         g_free(c);
 }
@@ -153,7 +161,13 @@ static void on_acquired(ClusterAcquire *a, int error, const char *error_message,
         }
 }
 
+static char *order_key(const char *sender, const char *resource) {
+        return g_strdup_printf("%s\n%s", sender, resource);
+}
+
 void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
+        g_autofree char *key = order_key(req->caller.name, req->resource);
+        GQueue *after_unlock = g_hash_table_lookup(b->unlocking, key);
         ClusterRequest request = {
                 .resource = req->resource,
                 .mode = req->mode,
@@ -168,6 +182,12 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
         };
         Pending *p;
         int r;
+
+        if (after_unlock) {
+                g_queue_push_tail(after_unlock, req);
+                b->n_deferred++;
+                return;
+        }
 
         p = g_new0(Pending, 1);
         p->backend = b;
@@ -200,10 +220,27 @@ void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
                 g_hash_table_remove(b->pending, pending);
                 manager_answer_request(req, -ECONNRESET, NULL, -1);
         }
+
+        /* And those waiting for one of its Unlocks. */
+        g_hash_table_iter_init(&iter, b->unlocking);
+        while (g_hash_table_iter_next(&iter, NULL, &p)) {
+                GQueue *queue = p;
+
+                for (GList *l = queue->head, *next; l; l = next) {
+                        AcquireRequest *req = l->data;
+
+                        next = l->next;
+                        if (!streq(req->caller.name, sender))
+                                continue;
+                        g_queue_delete_link(queue, l);
+                        b->n_deferred--;
+                        manager_answer_request(req, -ECONNRESET, NULL, -1);
+                }
+        }
 }
 
 unsigned cluster_backend_pending_count(const ClusterBackend *b) {
-        return g_hash_table_size(b->pending);
+        return g_hash_table_size(b->pending) + b->n_deferred;
 }
 
 unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid) {
@@ -235,6 +272,8 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         ClusterBackend *b = call->backend;
         ClusterBackendDone callback = call->callback;
         Hold *h = find_local_hold(b, call->resource, call->token);
+        AcquireRequest *req;
+        GQueue *queue;
 
         if (error >= 0) {
                 if (h)
@@ -250,6 +289,17 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
                 h->cluster_hold = call->cluster_hold;
 
         callback(b->manager, error, error_message, call->userdata);
+
+        /* What the caller asked after the Unlock goes on, in order. */
+        queue = g_hash_table_lookup(b->unlocking, call->order_key);
+        if (queue) {
+                g_hash_table_steal(b->unlocking, call->order_key);
+                while ((req = g_queue_pop_head(queue))) {
+                        b->n_deferred--;
+                        cluster_backend_submit(b, req);
+                }
+                g_queue_free(queue);
+        }
         hold_call_free(call);
 }
 
@@ -266,8 +316,12 @@ void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callb
         if (r < 0) {
                 h->cluster_hold = call->cluster_hold;
                 hold_call_free(call);
-                callback(b->manager, r, NULL, userdata);
+                return callback(b->manager, r, NULL, userdata);
         }
+
+        call->order_key = order_key(h->sender, h->resource);
+        if (!g_hash_table_contains(b->unlocking, call->order_key))
+                g_hash_table_insert(b->unlocking, g_strdup(call->order_key), g_queue_new());
 }
 
 static void on_refreshed(ClusterLocks *c, int error, const char *error_message, uint64_t expires_usec,
@@ -488,6 +542,21 @@ static void on_lease_lost(ClusterLocks *c, ClusterHold * const *holds, size_t n,
         }
 }
 
+/* Someone else deleted the key of one of this daemon's holds (another
+ * host's Break, etcdctl del): it may be granted elsewhere now. */
+static void on_hold_removed(ClusterLocks *c, ClusterHold *ch, void *userdata) {
+        ClusterBackend *b = userdata;
+        Hold *h = cluster_hold_get_userdata(ch);
+
+        if (!h || h->cluster_hold != ch)
+                return;
+        log_warning("The hold on '%s' (token %" PRIu64 ") was removed from %s by someone else, dropping it.",
+                    h->resource, h->token, b->where);
+        h->cluster_hold = NULL;
+        manager_notify_hold_lost(b->manager, h, "broken");
+        manager_drop_hold(b->manager, h, "Released (removed from etcd)");
+}
+
 /* Takes back this machine's persistent holds, granted by an earlier run. */
 static void on_adopt_list(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
                           size_t n, size_t n_waiting, void *userdata) {
@@ -565,6 +634,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         static const ClusterLocksCallbacks callbacks = {
                 .ready = on_lease_ready,
                 .lease_lost = on_lease_lost,
+                .hold_removed = on_hold_removed,
         };
         g_autofree char *list = NULL;
         int r;
@@ -573,6 +643,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         b->manager = m;
         b->machine_id = g_strdup(config->machine_id);
         b->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, (GDestroyNotify) pending_free, NULL);
+        b->unlocking = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         list = g_strjoinv(", ", config->endpoints);
         b->where = g_strdup_printf("etcd (%s)", list);
 
@@ -648,6 +719,16 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
                 g_hash_table_iter_remove(&iter);
                 manager_answer_request(req, -ECONNRESET, NULL, -1);
         }
+        g_hash_table_iter_init(&iter, b->unlocking);
+        while (g_hash_table_iter_next(&iter, NULL, &p)) {
+                GQueue *queue = p;
+                AcquireRequest *req;
+
+                while ((req = g_queue_pop_head(queue)))
+                        manager_answer_request(req, -ECONNRESET, NULL, -1);
+                g_queue_free(queue);
+        }
+        g_hash_table_destroy(b->unlocking);
         b->locks = cluster_locks_free(b->locks);
         b->etcd = etcd_client_free(b->etcd);
         g_hash_table_destroy(b->pending);

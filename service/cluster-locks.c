@@ -19,6 +19,8 @@
 #define GRANT_BACKOFF_MIN_USEC (100U * 1000U)
 #define TIMER_ACCURACY_USEC (1000U)
 #define MAX_WATCH_ERRORS 8U
+#define PREFIX_BACKOFF_MIN_USEC (100U * 1000U)
+#define PREFIX_BACKOFF_MAX_USEC (5U * 1000U * 1000U)
 
 typedef enum AcquireState {
         ACQUIRE_TXN,            /* the put + range txn is in flight */
@@ -56,6 +58,18 @@ struct ClusterLocks {
         sd_event_source *deadline_timer;
         sd_event_source *grant_timer;
 
+        /* The instance watch over <prefix>/locks/: keys of ours deleted by others. */
+        char *locks_prefix;             /* "<prefix>/locks/" */
+        EtcdWatch *prefix_watch;
+        bool prefix_watch_confirmed;
+        EtcdCall *check_call;           /* the read of every key (keys only) */
+        bool check_again;               /* another read after the one in flight */
+        sd_event_source *prefix_timer;  /* backoff before the next watch or read */
+        uint64_t prefix_backoff_usec;
+        int64_t prefix_revision;        /* every event up to it was seen (0: not watching yet) */
+        GHashTable *hold_keys;          /* key → ClusterHold * (borrowed) */
+        GHashTable *acquire_keys;       /* key → ClusterAcquire * (borrowed) */
+
         ClusterLocksStats stats;
         GQueue holds;                   /* ClusterHold* */
         GQueue acquires;                /* ClusterAcquire* */
@@ -88,6 +102,8 @@ struct ClusterAcquire {
         bool cancelled;                 /* the caller left while the txn was in flight */
         bool timed_out;
         bool in_callback;
+        bool indexed;                   /* in cluster->acquire_keys */
+        bool key_deleted;               /* someone else deleted the key */
         unsigned n_watch_errors;        /* in a row, none confirmed */
         int pending_error;              /* ACQUIRE_DELETE: the answer after the delete */
         char *pending_message;
@@ -108,6 +124,8 @@ struct ClusterHold {
         bool on_instance_lease;         /* this instance's lease, of lease_generation */
         unsigned lease_generation;
         bool busy;
+        bool indexed;                   /* in cluster->hold_keys */
+        bool removed;                   /* someone else deleted the key while busy */
         void *userdata;
 };
 
@@ -415,6 +433,8 @@ static Op *op_new(ClusterLocks *c, OpKind kind) {
 }
 
 static void ch_free(ClusterHold *h);
+static void prefix_check(ClusterLocks *c);
+static void acquire_fail(ClusterAcquire *a, int error, const char *message);
 
 static void op_free(Op *op) {
         if (!op)
@@ -521,11 +541,28 @@ static void revoke_lease(ClusterLocks *c, int64_t lease) {
 
 /* ---- holds ------------------------------------------------------------------ */
 
+static void ch_unindex(ClusterHold *h) {
+        if (!h->indexed)
+                return;
+        g_hash_table_remove(h->cluster->hold_keys, h->entry.key);
+        h->indexed = false;
+}
+
+/* Found by its key when the instance watch sees it deleted. Of two handles
+ * of one key (an entry adopted twice) only the first is. */
+static void ch_index(ClusterHold *h) {
+        if (h->indexed || g_hash_table_contains(h->cluster->hold_keys, h->entry.key))
+                return;
+        g_hash_table_insert(h->cluster->hold_keys, g_strdup(h->entry.key), h);
+        h->indexed = true;
+}
+
 static void ch_free(ClusterHold *h) {
         if (!h)
                 return;
         if (h->link)
                 g_queue_delete_link(&h->cluster->holds, h->link);
+        ch_unindex(h);
         cluster_entry_clear(&h->entry);
         g_free(h);
 }
@@ -581,14 +618,302 @@ int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **re
         h->on_instance_lease = e->lease != 0 && e->lease == c->lease;
         h->lease_generation = c->lease_generation;
         ch_attach(c, h);
+        ch_index(h);
+        /* The entry was read before: a deletion since may predate the watch. */
+        prefix_check(c);
         *ret = h;
         return 0;
+}
+
+/* ---- the instance watch -------------------------------------------------------- */
+
+static void prefix_watch_start(ClusterLocks *c);
+
+static bool prefix_is_active(const ClusterLocks *c) {
+        return c->started && !c->stopping && !c->dead;
+}
+
+static int on_prefix_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        ClusterLocks *c = userdata;
+
+        c->prefix_timer = sd_event_source_disable_unref(c->prefix_timer);
+        /* Not watching yet (or compacted): read first, then watch. */
+        if (c->prefix_revision == 0 || c->check_again) {
+                c->check_again = false;
+                prefix_check(c);
+        } else if (!c->prefix_watch)
+                prefix_watch_start(c);
+        return 0;
+}
+
+/* Tries again later (0: on the next iteration), or backs off. */
+static void prefix_retry(ClusterLocks *c, bool at_once) {
+        int r;
+
+        if (!prefix_is_active(c) || c->prefix_timer)
+                return;
+        if (at_once)
+                c->prefix_backoff_usec = 0;
+        else
+                c->prefix_backoff_usec = MIN(MAX(c->prefix_backoff_usec * 2, PREFIX_BACKOFF_MIN_USEC),
+                                             PREFIX_BACKOFF_MAX_USEC);
+        r = sd_event_add_time_relative(c->event, &c->prefix_timer, CLOCK_MONOTONIC, c->prefix_backoff_usec,
+                                       TIMER_ACCURACY_USEC, on_prefix_timer, c);
+        if (r < 0)
+                log_warning_errno(r, "Failed to schedule the etcd watch of '%s', holds deleted by others go "
+                                  "unnoticed: %m", c->locks_prefix);
+}
+
+/* Someone else deleted the key of h, at revision (0: unknown). Returns
+ * false when the instance was freed by the callback. */
+static bool hold_deleted(ClusterLocks *c, ClusterHold *h, int64_t revision) {
+        bool alive;
+
+        if (revision > 0 && (uint64_t) revision <= h->entry.token)
+                return true; /* an older key of that name */
+        if (h->busy) {
+                /* Its release or refresh learns it from etcd, or from this. */
+                h->removed = true;
+                return true;
+        }
+        log_debug("The key of the hold on '%s' (token %" PRIu64 ") was deleted by someone else.",
+                 h->entry.resource, h->entry.token);
+        /* Out of every list: freeing the instance from the callback leaves it. */
+        ch_detach(h);
+        ch_unindex(h);
+        cluster_ref(c);
+        if (c->callbacks.hold_removed)
+                c->callbacks.hold_removed(c, h, c->userdata);
+        ch_free(h);
+        alive = !c->dead;
+        cluster_unref(c);
+        return alive;
+}
+
+/* The same for a request under way: it will not be granted. */
+static void acquire_deleted(ClusterAcquire *a) {
+        if (a->cancelled || a->state == ACQUIRE_DELETE)
+                return; /* our own delete */
+        a->key_deleted = true;
+        if (a->state == ACQUIRE_WATCH)
+                acquire_fail(a, -ENOLINK, "the request's key was deleted by someone else");
+        /* Otherwise decided when what is in flight returns. */
+}
+
+static void key_deleted(ClusterLocks *c, const char *key, int64_t revision) {
+        ClusterHold *h = g_hash_table_lookup(c->hold_keys, key);
+        ClusterAcquire *a;
+
+        if (h) {
+                if (!hold_deleted(c, h, revision))
+                        return;
+        }
+        a = g_hash_table_lookup(c->acquire_keys, key);
+        if (a)
+                acquire_deleted(a);
+}
+
+static void on_prefix_watch_created(EtcdWatch *w, int64_t revision, void *userdata) {
+        ClusterLocks *c = userdata;
+
+        c->prefix_watch_confirmed = true;
+        c->prefix_backoff_usec = 0;
+}
+
+static void on_prefix_watch_event(EtcdWatch *w, const EtcdEvent *event, void *userdata) {
+        ClusterLocks *c = userdata;
+        g_autofree char *key = NULL;
+
+        c->prefix_revision = MAX(c->prefix_revision, event->kv.mod_revision);
+        /* A put to one of our keys by someone else keeps its place and
+         * token: ignored (see the header). */
+        if (event->type != ETCD_EVENT_DELETE)
+                return;
+        key = g_strndup(event->kv.key, event->kv.key_size);
+        key_deleted(c, key, event->kv.mod_revision);
+}
+
+static void on_prefix_watch_error(EtcdWatch *w, int error, const char *error_message, void *userdata) {
+        ClusterLocks *c = userdata;
+        bool confirmed = c->prefix_watch_confirmed;
+
+        c->prefix_watch = NULL;
+        c->prefix_watch_confirmed = false;
+        if (!prefix_is_active(c))
+                return;
+        if (error == -ERANGE) {
+                /* Compacted: what we missed is read instead. */
+                log_notice("The etcd watch of '%s' was compacted (%s), reading the keys of this instance again.",
+                           c->locks_prefix, error_message);
+                c->prefix_revision = 0;
+                prefix_retry(c, true);
+                return;
+        }
+        log_notice("The etcd watch of '%s' ended (%s), watching again from revision %" PRIi64 ".",
+                   c->locks_prefix, error_message, c->prefix_revision + 1);
+        prefix_retry(c, confirmed);
+}
+
+static void prefix_watch_start(ClusterLocks *c) {
+        static const EtcdWatchCallbacks callbacks = {
+                .created = on_prefix_watch_created,
+                .event = on_prefix_watch_event,
+                .error = on_prefix_watch_error,
+        };
+        EtcdWatchOptions options = {
+                .prefix = true,
+                .start_revision = c->prefix_revision + 1,
+        };
+        int r;
+
+        if (!prefix_is_active(c) || c->prefix_watch)
+                return;
+        c->stats.n_prefix_watches++;
+        c->prefix_watch_confirmed = false;
+        r = etcd_watch(c->etcd, c->locks_prefix, strlen(c->locks_prefix), &options, &callbacks, c,
+                       &c->prefix_watch);
+        if (r < 0) {
+                c->prefix_watch = NULL;
+                log_warning_errno(r, "Failed to watch '%s': %m", c->locks_prefix);
+                prefix_retry(c, false);
+        }
+}
+
+static int compare_kv_key(const void *key, const void *kv) {
+        return strcmp(key, ((const EtcdKeyValue *) kv)->key);
+}
+
+static int compare_kvs(const void *a, const void *b) {
+        return strcmp(((const EtcdKeyValue *) a)->key, ((const EtcdKeyValue *) b)->key);
+}
+
+static const EtcdKeyValue *find_kv(const EtcdKeyValue *kvs, size_t n, const char *key) {
+        if (n == 0)
+                return NULL;
+        return bsearch(key, kvs, n, sizeof(EtcdKeyValue), compare_kv_key);
+}
+
+static void on_prefix_check(EtcdCall *call, int error, const char *error_message, const EtcdRangeResult *result,
+                            void *userdata) {
+        ClusterLocks *c = userdata;
+        g_autoptr(GPtrArray) gone = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(GPtrArray) gone_acquires = g_ptr_array_new_with_free_func(g_free);
+        g_autofree EtcdKeyValue *kvs = NULL;
+        GHashTableIter it;
+        gpointer k, v;
+
+        c->check_call = NULL;
+        if (error < 0) {
+                log_notice("Failed to read the keys under '%s': %s", c->locks_prefix, error_message);
+                c->check_again = true;
+                prefix_retry(c, false);
+                return;
+        }
+
+        /* Keys sorted for lookup (etcd sorts by key already; not relied on). */
+        if (result->n_kvs > 0) {
+                kvs = g_memdup2(result->kvs, result->n_kvs * sizeof(EtcdKeyValue));
+                qsort(kvs, result->n_kvs, sizeof(EtcdKeyValue), compare_kvs);
+        }
+
+        /* Keys known to exist at their token and missing at this read were
+         * deleted in between. A key granted after the read is the watch's. */
+        g_hash_table_iter_init(&it, c->hold_keys);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+                ClusterHold *h = v;
+                const EtcdKeyValue *kv;
+
+                if (h->entry.token > (uint64_t) result->revision)
+                        continue;
+                kv = find_kv(kvs, result->n_kvs, k);
+                if (!kv || (uint64_t) kv->create_revision != h->entry.token)
+                        g_ptr_array_add(gone, g_strdup(k));
+        }
+        g_hash_table_iter_init(&it, c->acquire_keys);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+                ClusterAcquire *a = v;
+
+                if (a->token == 0 || a->token > result->revision)
+                        continue;
+                if (!find_kv(kvs, result->n_kvs, k))
+                        g_ptr_array_add(gone_acquires, g_strdup(k));
+        }
+
+        c->stats.n_prefix_reads++;
+        c->prefix_backoff_usec = 0;
+        if (c->prefix_revision == 0)
+                c->prefix_revision = result->revision;
+        if (!c->prefix_watch)
+                prefix_watch_start(c);
+
+        cluster_ref(c);
+        /* Looked up again: a callback may have freed or released others. */
+        for (size_t i = 0; i < gone->len && !c->dead; i++) {
+                ClusterHold *h = g_hash_table_lookup(c->hold_keys, gone->pdata[i]);
+
+                if (h)
+                        (void) hold_deleted(c, h, 0);
+        }
+        for (size_t i = 0; i < gone_acquires->len && !c->dead; i++) {
+                ClusterAcquire *a = g_hash_table_lookup(c->acquire_keys, gone_acquires->pdata[i]);
+
+                if (a)
+                        acquire_deleted(a);
+        }
+        if (!c->dead && c->check_again) {
+                c->check_again = false;
+                prefix_check(c);
+        }
+        cluster_unref(c);
+}
+
+/* Reads every key under the prefix (keys only) and reports this instance's
+ * holds whose keys are gone; the watch starts (again) from that read if it
+ * is not running. One at a time: asked again meanwhile, once more after. */
+static void prefix_check(ClusterLocks *c) {
+        EtcdRangeOptions options = {
+                .prefix = true,
+                .keys_only = true,
+        };
+        int r;
+
+        if (!prefix_is_active(c))
+                return;
+        if (c->check_call || c->prefix_timer) {
+                c->check_again = true;
+                return;
+        }
+        r = etcd_range(c->etcd, c->locks_prefix, strlen(c->locks_prefix), &options, on_prefix_check, c,
+                       &c->check_call);
+        if (r < 0) {
+                c->check_call = NULL;
+                log_warning_errno(r, "Failed to read the keys under '%s': %m", c->locks_prefix);
+                c->check_again = true;
+                prefix_retry(c, false);
+        }
+}
+
+/* At each lease: starts watching, unless under way. */
+static void prefix_start(ClusterLocks *c) {
+        if (c->prefix_watch || c->check_call || c->prefix_timer)
+                return;
+        if (c->prefix_revision == 0)
+                prefix_check(c);
+        else
+                prefix_watch_start(c);
+}
+
+static void prefix_stop(ClusterLocks *c) {
+        etcd_watch_cancel(c->prefix_watch);
+        c->prefix_watch = NULL;
+        etcd_call_cancel(c->check_call);
+        c->check_call = NULL;
+        c->prefix_timer = sd_event_source_disable_unref(c->prefix_timer);
 }
 
 /* ---- the instance lease ------------------------------------------------------ */
 
 static void lease_grant_start(ClusterLocks *c);
-static void acquire_fail(ClusterAcquire *a, int error, const char *message);
 
 static int on_grant_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         ClusterLocks *c = userdata;
@@ -748,6 +1073,7 @@ static void on_lease_granted(EtcdCall *call, int error, const char *error_messag
                 return;
         }
 
+        prefix_start(c);
         if (c->callbacks.ready)
                 c->callbacks.ready(c, lease_id, c->userdata);
 }
@@ -790,6 +1116,9 @@ int cluster_locks_new(sd_event *event, EtcdClient *etcd, const char *prefix, con
         c->hostname = g_strdup(host->hostname);
         snprintf(c->instance, sizeof c->instance, "%016" PRIx64, nonce);
         c->lease_ttl_usec = lease_ttl_usec;
+        c->locks_prefix = g_strdup_printf("%s/locks/", c->prefix);
+        c->hold_keys = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        c->acquire_keys = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         g_queue_init(&c->holds);
         g_queue_init(&c->acquires);
         g_queue_init(&c->ops);
@@ -823,6 +1152,9 @@ ClusterLocksStats cluster_locks_get_stats(const ClusterLocks *c) {
 static void acquire_free(ClusterAcquire *a);
 
 static void cluster_destroy(ClusterLocks *c) {
+        g_hash_table_destroy(c->hold_keys);
+        g_hash_table_destroy(c->acquire_keys);
+        g_free(c->locks_prefix);
         g_free(c->prefix);
         g_free(c->machine_id);
         g_free(c->hostname);
@@ -841,6 +1173,7 @@ ClusterLocks *cluster_locks_free(ClusterLocks *c) {
         c->keepalive_timer = sd_event_source_disable_unref(c->keepalive_timer);
         c->deadline_timer = sd_event_source_disable_unref(c->deadline_timer);
         c->grant_timer = sd_event_source_disable_unref(c->grant_timer);
+        prefix_stop(c);
 
         while (!g_queue_is_empty(&c->acquires)) {
                 ClusterAcquire *a = g_queue_peek_head(&c->acquires);
@@ -892,6 +1225,7 @@ int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int er
         c->keepalive_timer = sd_event_source_disable_unref(c->keepalive_timer);
         c->deadline_timer = sd_event_source_disable_unref(c->deadline_timer);
         c->grant_timer = sd_event_source_disable_unref(c->grant_timer);
+        prefix_stop(c);
         for (GList *l = c->acquires.head, *next; l; l = next) {
                 next = l->next;
                 cluster_acquire_cancel(l->data);
@@ -927,6 +1261,8 @@ static void acquire_free(ClusterAcquire *a) {
                 return;
         if (a->link)
                 g_queue_delete_link(&a->cluster->acquires, a->link);
+        if (a->indexed)
+                g_hash_table_remove(a->cluster->acquire_keys, a->key);
         etcd_call_cancel(a->call);
         etcd_watch_cancel(a->watch);
         sd_event_source_disable_unref(a->timer);
@@ -1134,6 +1470,10 @@ static void acquire_evaluate(ClusterAcquire *a, const EtcdKeyValue *kvs, size_t 
                 acquire_fail(a, -ENOLINK, "the etcd lease was lost while the request was pending");
                 return;
         }
+        if (a->key_deleted) {
+                acquire_fail(a, -ENOLINK, "the request's key was deleted by someone else");
+                return;
+        }
 
         /* Only entries ahead of ours: of two requests of one owner in
          * flight at once, the later one is refused, the earlier one goes on. */
@@ -1227,9 +1567,16 @@ static ClusterHold *acquire_make_hold(ClusterAcquire *a, int64_t lease) {
 }
 
 static void acquire_granted(ClusterAcquire *a, int64_t lease) {
-        ClusterHold *h = acquire_make_hold(a, lease);
+        ClusterHold *h;
 
+        if (a->key_deleted) {
+                /* The watch saw it go before the grant came back. */
+                acquire_fail(a, -ENOLINK, "the request's key was deleted by someone else");
+                return;
+        }
+        h = acquire_make_hold(a, lease);
         ch_attach(a->cluster, h);
+        ch_index(h);
         acquire_finish(a, 0, NULL, h, NULL);
 }
 
@@ -1445,6 +1792,10 @@ int cluster_locks_acquire(ClusterLocks *c, const ClusterRequest *request, Cluste
 
         g_queue_push_tail(&c->acquires, a);
         a->link = c->acquires.tail;
+        if (!g_hash_table_contains(c->acquire_keys, a->key)) {
+                g_hash_table_insert(c->acquire_keys, g_strdup(a->key), a);
+                a->indexed = true;
+        }
         c->stats.n_acquires++;
         if (ret)
                 *ret = a;
@@ -1508,7 +1859,12 @@ static void on_release(EtcdCall *call, int error, const char *error_message, con
                 /* etcd failed: the hold stays (unless its lease went meanwhile). */
                 h->busy = false;
                 op->hold = NULL;
-                if (!hold_is_lost(c, h))
+                if (h->removed) {
+                        ch_free(h);
+                        r = -ENOENT;
+                        g_free(message);
+                        message = g_strdup("the hold's key was deleted by someone else");
+                } else if (!hold_is_lost(c, h))
                         ch_attach(c, h);
                 else {
                         ch_free(h);
@@ -1573,7 +1929,11 @@ static void refresh_finish(Op *op, int error, const char *message, uint64_t expi
 
         op->hold = NULL;
         h->busy = false;
-        if (error != -ENOENT && hold_is_lost(c, h)) {
+        if (error != -ENOENT && h->removed) {
+                /* Seen deleted by the watch (after the refresh was applied, or its answer lost). */
+                error = -ENOENT;
+                message = "the hold's key was deleted by someone else";
+        } else if (error != -ENOENT && hold_is_lost(c, h)) {
                 /* Its lease was lost meanwhile (it was not reported: it was ours). */
                 error = -ENOENT;
                 message = "the etcd lease of the hold was lost";

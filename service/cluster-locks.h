@@ -48,7 +48,8 @@
  * and a deletion wakes only the one request behind it (shared requests
  * behind one exclusive wake together, and are granted together); the only
  * timers are the lease's, the requests' timeouts and the backoff of
- * background deletes and lease grants that failed. Timeout:
+ * background deletes, lease grants and instance watches that failed.
+ * Timeout:
  * the key is deleted, then -ETIMEDOUT. Granting a persistent hold (or one
  * granted after waiting) puts the key again, compared on its
  * create_revision: persistent holds move off the instance lease (lease 0,
@@ -66,6 +67,52 @@
  * new lease is granted (retried with backoff until etcd answers) and ready
  * is called again. Between the loss and the new lease, acquire fails with
  * -ENOTCONN.
+ *
+ * Holds removed by others. A hold's key may be deleted by someone else:
+ * another host's Break (it adopts the entry and releases it), an
+ * administrator's `etcdctl del`, a revocation of the lease the key is on.
+ * Another host may then be granted the resource, so the holder must be
+ * told. Each instance keeps ONE watch over the whole "<prefix>/locks/"
+ * range, started when the first lease is ready, from the revision + 1 of a
+ * read of every key under it (keys only), so nothing between the read and
+ * the watch is missed. On a DELETE of a key that belongs to a ClusterHold
+ * of this instance (looked up by key; a deletion at a revision not above
+ * the hold's token is an older key of that name) the hold_removed callback
+ * gets it, and it is freed when that returns. Deletes this instance issued
+ * itself are not reported: a released hold (with or without callback), a
+ * cancelled or refused request, the holds stop() or a lost lease took are
+ * no longer ClusterHolds when the event comes. A hold being released or
+ * refreshed when its key is deleted is not reported either: that release
+ * or refresh answers -ENOENT (also when etcd had applied it just before the
+ * delete, or failed). A request under way whose key is deleted fails with
+ * -ENOLINK (at once while it waits for its blocker, else when what is in
+ * flight returns), also when the grant was on its way back: so a grant is
+ * never reported for a key the watch saw deleted. A revoked instance lease
+ * deletes its keys: each of those holds is reported once, by hold_removed
+ * or by lease_lost, whichever etcd tells first.
+ * If the watch ends (a member gone, the connection lost) it is started
+ * again from the last revision seen in an event + 1 (at once if etcd had
+ * confirmed it, else with backoff, 100 ms doubling to 5 s); if that
+ * revision was compacted, every key is read again (keys only) and each
+ * hold whose key is missing from that read (or has another create
+ * revision), and whose token is not above the read's revision, is reported
+ * as removed; then the watch starts from that read's revision + 1.
+ * cluster_locks_adopt() does the same read (one at a time: adopts while
+ * one is in flight share the next), since the adopted entry was read
+ * before and may have been deleted before the watch saw anything.
+ * A PUT to one of our keys by someone else is ignored: the key keeps its
+ * create_revision, so its place in the order and its token stand; only
+ * what others read from the value changes (a value that no longer parses
+ * counts as exclusive, and a lease put on it that then expires deletes
+ * it: reported then). Whoever may write under the prefix may delete there
+ * too; nothing here defends against such writers beyond telling deletes.
+ * The cost: every instance receives every PUT and DELETE under the prefix
+ * on its one stream (each acquire, grant, refresh and release of the whole
+ * cluster: a few hundred bytes of JSON each), and parses each to look its
+ * key up in a hash table; adopt and each compaction cost a read of every
+ * key under the prefix (keys only). That is the trade for not polling and
+ * for not holding one stream per hold. The watch is cancelled by stop()
+ * and free().
  *
  * Safety argument.
  * 1. No false grant. A grant is reported only from the answer of a txn or
@@ -154,6 +201,12 @@ typedef struct ClusterLocksCallbacks {
         /* The instance lease was lost: holds (n of them, possibly 0) were on
          * it and are gone; they are freed when this returns. */
         void (*lease_lost)(ClusterLocks *c, ClusterHold * const *holds, size_t n, void *userdata);
+        /* Someone else deleted the key of hold h (see "Holds removed by
+         * others" above): it is gone and may be granted to another host.
+         * h is out of the instance's list already and freed when this
+         * returns; do not release or refresh it. May be NULL (such holds
+         * are then freed silently). */
+        void (*hold_removed)(ClusterLocks *c, ClusterHold *h, void *userdata);
 } ClusterLocksCallbacks;
 
 /* prefix: the key prefix, e.g. "/lockbus" (no trailing '/'). host is
@@ -167,9 +220,10 @@ int cluster_locks_start(ClusterLocks *c, const ClusterLocksCallbacks *callbacks,
 /* Cancels every pending acquire (without callbacks), stops renewing and
  * revokes the lease, so this instance's connection and fd holds and its
  * waiting keys go at once (their ClusterHolds are freed here, without the
- * lease_lost callback). Persistent holds stay. callback (may be NULL) gets
- * etcd's answer. Afterwards only release, refresh, owner, list and free
- * are of use. */
+ * lease_lost callback). Persistent holds stay; the instance watch ends
+ * here, so their removal by others is no longer reported. callback (may be
+ * NULL) gets etcd's answer. Afterwards only release, refresh, owner, list
+ * and free are of use. */
 int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int error, void *userdata),
                        void *userdata);
 
@@ -240,7 +294,8 @@ GPtrArray *cluster_locks_get_holds(ClusterLocks *c);
 
 /* Makes a handle for an entry read with owner/list (e.g. a persistent hold
  * granted by an earlier daemon on this machine), so it can be released or
- * refreshed. */
+ * refreshed. Costs a read of every key under the prefix in the background
+ * (shared with adopts under way), to learn whether it went meanwhile. */
 int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **ret);
 
 /* Deletes the hold's key (compared on its token). error 0: released;
@@ -281,6 +336,8 @@ typedef struct ClusterLocksStats {
         uint64_t n_acquires;            /* acquire txns sent */
         uint64_t n_reads;               /* a waiter read its resource again */
         uint64_t n_watches;             /* a waiter started watching its blocker */
+        uint64_t n_prefix_watches;      /* the instance watch was started (again) */
+        uint64_t n_prefix_reads;        /* every key was read (start, adopt, compaction) */
 } ClusterLocksStats;
 
 ClusterLocksStats cluster_locks_get_stats(const ClusterLocks *c);

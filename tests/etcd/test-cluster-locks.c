@@ -13,7 +13,9 @@
  * not re-entrant; tokens; a stale handle; a foreign key; persistent holds
  * outliving a crashed instance whose connection holds go after the TTL; a
  * persistent TTL and Refresh; a clean stop; Owner and List; a revoked
- * lease; an acquire whose answer is lost (a proxy drops it). The cases
+ * lease; an acquire whose answer is lost (a proxy drops it); holds whose
+ * keys someone else deleted (a Break from the other host, a delete by
+ * hand) reported, and the instance's own deletes not. The cases
  * that break a cluster come last: one member killed (of the shared
  * cluster), and every member killed (a cluster of its own). */
 
@@ -55,6 +57,9 @@ typedef struct Host {
         size_t n_lost_holds;
         GPtrArray *lost_resources;      /* char * */
         uint64_t lost_at;
+        unsigned n_removed;
+        GPtrArray *removed_resources;   /* char * */
+        GPtrArray *removed_tokens;      /* uint64_t as pointer-sized ints */
 } Host;
 
 static void on_ready(ClusterLocks *c, int64_t lease, void *userdata) {
@@ -75,11 +80,21 @@ static void on_lease_lost(ClusterLocks *c, ClusterHold * const *holds, size_t n,
                 g_ptr_array_add(h->lost_resources, g_strdup(cluster_hold_get_entry(holds[i])->resource));
 }
 
+static void on_hold_removed(ClusterLocks *c, ClusterHold *hold, void *userdata) {
+        Host *h = userdata;
+        const ClusterEntry *e = cluster_hold_get_entry(hold);
+
+        h->n_removed++;
+        g_ptr_array_add(h->removed_resources, g_strdup(e->resource));
+        g_ptr_array_add(h->removed_tokens, GSIZE_TO_POINTER((gsize) e->token));
+}
+
 static void host_start(Host *h, sd_event *e, char **endpoints, const char *prefix, const char *machine_id,
                        const char *hostname, uint64_t ttl) {
         static const ClusterLocksCallbacks callbacks = {
                 .ready = on_ready,
                 .lease_lost = on_lease_lost,
+                .hold_removed = on_hold_removed,
         };
         ClusterHost host = {
                 .machine_id = machine_id,
@@ -88,6 +103,8 @@ static void host_start(Host *h, sd_event *e, char **endpoints, const char *prefi
 
         *h = (Host) {
                 .lost_resources = g_ptr_array_new_with_free_func(g_free),
+                .removed_resources = g_ptr_array_new_with_free_func(g_free),
+                .removed_tokens = g_ptr_array_new(),
         };
         g_assert_cmpint(etcd_client_new(e, endpoints, 10 * SEC, &h->etcd), ==, 0);
         g_assert_cmpint(cluster_locks_new(e, h->etcd, prefix, &host, ttl, &h->locks), ==, 0);
@@ -101,6 +118,12 @@ static void host_stop(Host *h) {
         if (h->lost_resources)
                 g_ptr_array_unref(h->lost_resources);
         h->lost_resources = NULL;
+        if (h->removed_resources)
+                g_ptr_array_unref(h->removed_resources);
+        h->removed_resources = NULL;
+        if (h->removed_tokens)
+                g_ptr_array_unref(h->removed_tokens);
+        h->removed_tokens = NULL;
 }
 
 /* ---- the fixture: hosts a and b on the shared cluster ------------------------ */
@@ -758,23 +781,215 @@ static void test_not_reentrant(Fixture *f, gconstpointer data) {
         g_assert_cmpint(release_sync(f, &f->a, p.hold), ==, 0);
 }
 
-/* A handle whose key is gone (expired, deleted by hand) releases nothing
- * else: the delete is compared on its create revision. */
+/* Deletes key with a client on a loop of its own: the hosts' loop does
+ * not run meanwhile, so they have not heard of it when this returns. */
+static void delete_elsewhere(const char *key) {
+        sd_event *e = NULL;
+        EtcdClient *client = NULL;
+        SyncResult r = {};
+
+        g_assert_cmpint(sd_event_new(&e), >=, 0);
+        g_assert_cmpint(etcd_client_new(e, etcd_cluster_endpoints(cluster), 10 * SEC, &client), ==, 0);
+        g_assert_cmpint(sync_delete(e, client, key, false, &r), ==, 0);
+        g_assert_cmpint(r.count, ==, 1);
+        sync_result_clear(&r);
+        etcd_client_free(client);
+        sd_event_unref(e);
+}
+
+/* Takes a new persistent hold on h, deletes its key by hand and waits
+ * until h reports it: h's watch delivers in revision order, so every
+ * deletion before it was seen by then (no sleep needed to show that
+ * something was not reported). */
+static void removed_marker(Fixture *f, Host *h, const char *resource) {
+        _cleanup_(acq_clear) Acq m = {};
+        g_autofree char *key = NULL;
+        unsigned n = h->n_removed;
+
+        g_assert_cmpint(acq_sync(f, h, resource, &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &m), ==, 0);
+        key = g_strdup(cluster_hold_get_entry(m.hold)->key);
+        delete_elsewhere(key);
+        run_until_count(f, &h->n_removed, n + 1);
+        g_assert_cmpuint(h->n_removed, ==, n + 1);
+        g_assert_cmpstr(h->removed_resources->pdata[n], ==, resource);
+}
+
+static unsigned count_holds(Host *h) {
+        GPtrArray *holds = cluster_locks_get_holds(h->locks);
+        unsigned n = holds->len;
+
+        g_ptr_array_unref(holds);
+        return n;
+}
+
+/* A handle whose key is gone (deleted by hand) and is released before its
+ * host heard of it: the release answers -ENOENT and deletes nothing else
+ * (compared on its create revision: the waiter behind keeps its key), and
+ * hold_removed is not called for it (it was being released). */
 static void test_stale_release(Fixture *f, gconstpointer data) {
         _cleanup_(acq_clear) Acq h = {}, other = {};
-        const ClusterEntry *e;
+        KeyCounter k = {};
 
         SKIP_WITHOUT_CLUSTER();
 
         g_assert_cmpint(acq_sync(f, &f->a, "stale", &excl, &h), ==, 0);
-        e = cluster_hold_get_entry(h.hold);
-        g_assert_cmpint(sync_delete(f->event, f->a.etcd, e->key, false, &f->r), ==, 0);
-        g_assert_cmpint(f->r.count, ==, 1);
-        g_assert_cmpint(acq_sync(f, &f->b, "stale", &excl, &other), ==, 0);
+        counter_start(f, &k);
+        acq_queue(f, &k, &f->b, "stale", &(Req) { .sender = ":1.9", .timeout = UINT64_MAX }, &other);
+        counter_stop(&k);
 
+        delete_elsewhere(cluster_hold_get_entry(h.hold)->key);
         g_assert_cmpint(release_sync(f, &f->a, h.hold), ==, -ENOENT);
+        test_run_until(f->event, &other.done, WAIT_USEC);
+        g_assert_cmpint(other.error, ==, 0);
         g_assert_cmpint(count_keys(f, &f->a, "stale"), ==, 1);
         g_assert_cmpint(release_sync(f, &f->b, other.hold), ==, 0);
+
+        removed_marker(f, &f->a, "stale-marker");
+        g_assert_cmpuint(f->a.n_removed, ==, 1);
+        g_assert_cmpuint(f->b.n_removed, ==, 0);
+}
+
+/* Host b breaks host a's connection hold as lockbusd's Break does (reads
+ * the owner, adopts the entry, releases it): a is told, with the hold, and
+ * forgets it; b is not told of its own release, and may lock. */
+static void test_removed_by_break(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq h = {}, again = {};
+        _cleanup_(query_clear) Query q = {};
+        ClusterHold *adopted = NULL;
+        uint64_t token;
+
+        SKIP_WITHOUT_CLUSTER();
+
+        g_assert_cmpint(acq_sync(f, &f->a, "brk", &excl, &h), ==, 0);
+        token = cluster_hold_get_entry(h.hold)->token;
+
+        g_assert_cmpint(owner_sync(f, &f->b, "brk", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        g_assert_cmpint(cluster_locks_adopt(f->b.locks, query_entry(&q, 0), &adopted), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, adopted), ==, 0);
+
+        run_until_count(f, &f->a.n_removed, 1);
+        g_assert_cmpstr(f->a.removed_resources->pdata[0], ==, "brk");
+        g_assert_cmpuint(GPOINTER_TO_SIZE(f->a.removed_tokens->pdata[0]), ==, token);
+        g_assert_cmpuint(count_holds(&f->a), ==, 0);
+        g_assert_cmpuint(f->a.n_lost, ==, 0);
+
+        g_assert_cmpint(acq_sync(f, &f->b, "brk", &excl, &again), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, again.hold), ==, 0);
+        removed_marker(f, &f->b, "brk-marker");
+        g_assert_cmpuint(f->b.n_removed, ==, 1);
+        g_assert_cmpuint(f->a.n_removed, ==, 1);
+}
+
+/* An administrator deletes a's persistent hold and a's connection hold
+ * (etcdctl del): a is told of each; the other host's waiter behind the
+ * connection hold is granted. */
+static void test_removed_by_hand(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq p = {}, conn = {}, w = {};
+        Req pers = { .mode = LOCK_MODE_EXCLUSIVE, .scope = HOLD_SCOPE_PERSISTENT };
+        KeyCounter k = {};
+        uint64_t token;
+
+        SKIP_WITHOUT_CLUSTER();
+
+        g_assert_cmpint(acq_sync(f, &f->a, "hand-p", &pers, &p), ==, 0);
+        token = cluster_hold_get_entry(p.hold)->token;
+        g_assert_cmpint(sync_delete(f->event, f->b.etcd, cluster_hold_get_entry(p.hold)->key, false, &f->r), ==, 0);
+        g_assert_cmpint(f->r.count, ==, 1);
+        run_until_count(f, &f->a.n_removed, 1);
+        g_assert_cmpstr(f->a.removed_resources->pdata[0], ==, "hand-p");
+        g_assert_cmpuint(GPOINTER_TO_SIZE(f->a.removed_tokens->pdata[0]), ==, token);
+        g_assert_cmpuint(count_holds(&f->a), ==, 0);
+
+        g_assert_cmpint(acq_sync(f, &f->a, "hand-c", &excl, &conn), ==, 0);
+        counter_start(f, &k);
+        acq_queue(f, &k, &f->b, "hand-c", &(Req) { .sender = ":1.9", .timeout = UINT64_MAX }, &w);
+        counter_stop(&k);
+        g_assert_cmpint(sync_delete(f->event, f->b.etcd, cluster_hold_get_entry(conn.hold)->key, false, &f->r),
+                        ==, 0);
+        run_until_count(f, &f->a.n_removed, 2);
+        g_assert_cmpstr(f->a.removed_resources->pdata[1], ==, "hand-c");
+        test_run_until(f->event, &w.done, WAIT_USEC);
+        g_assert_cmpint(w.error, ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
+        g_assert_cmpuint(f->a.n_lost, ==, 0);
+}
+
+/* A waiting request whose key is deleted by hand fails at once with
+ * -ENOLINK (nothing granted); the holder ahead is not disturbed. */
+static void test_removed_waiting(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq h = {}, w = {};
+        KeyCounter k = {};
+
+        SKIP_WITHOUT_CLUSTER();
+
+        g_assert_cmpint(acq_sync(f, &f->a, "wq", &excl, &h), ==, 0);
+        counter_start(f, &k);
+        acq_queue(f, &k, &f->b, "wq", &(Req) { .sender = ":1.9", .timeout = UINT64_MAX }, &w);
+        counter_stop(&k);
+        g_assert_cmpint(sync_delete(f->event, f->a.etcd, cluster_acquire_get_key(w.handle), false, &f->r), ==, 0);
+        test_run_until(f->event, &w.done, WAIT_USEC);
+        g_assert_cmpint(w.error, ==, -ENOLINK);
+        g_assert_null(w.hold);
+        g_assert_cmpuint(f->b.n_removed, ==, 0);
+        g_assert_cmpint(release_sync(f, &f->a, h.hold), ==, 0);
+        g_assert_cmpuint(f->a.n_removed, ==, 0);
+}
+
+/* An entry deleted after it was read but before the adopting instance
+ * started watching: adopt reads the keys again and reports it. */
+static void test_removed_before_adopt(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq p = {};
+        _cleanup_(query_clear) Query q = {};
+        ClusterHold *adopted = NULL;
+        Host c = {};
+
+        SKIP_WITHOUT_CLUSTER();
+
+        g_assert_cmpint(acq_sync(f, &f->a, "adopt", &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &p), ==, 0);
+        g_assert_cmpint(owner_sync(f, &f->b, "adopt", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        g_assert_cmpint(sync_delete(f->event, f->b.etcd, query_entry(&q, 0)->key, false, &f->r), ==, 0);
+        run_until_count(f, &f->a.n_removed, 1);
+
+        host_start(&c, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 5 * SEC);
+        g_assert_cmpint(cluster_locks_adopt(c.locks, query_entry(&q, 0), &adopted), ==, 0);
+        run_until_count(f, &c.n_removed, 1);
+        g_assert_cmpstr(c.removed_resources->pdata[0], ==, "adopt");
+        g_assert_cmpuint(count_holds(&c), ==, 0);
+        /* By a read (the first, if adopt came while it was under way). */
+        g_assert_cmpuint(cluster_locks_get_stats(c.locks).n_prefix_reads, >=, 1);
+        host_stop(&c);
+}
+
+/* What a deletes itself is not reported: releases (with and without a
+ * callback), a refused try-lock, a timed out and a cancelled request. */
+static void test_removed_not_own(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq c = {}, p = {}, blocker = {}, busy = {}, timeout = {}, cancelled = {};
+        KeyCounter k = {};
+
+        SKIP_WITHOUT_CLUSTER();
+
+        g_assert_cmpint(acq_sync(f, &f->a, "own-c", &excl, &c), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->a, c.hold), ==, 0);
+        g_assert_cmpint(acq_sync(f, &f->a, "own-p", &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &p), ==, 0);
+        g_assert_cmpint(cluster_locks_release(f->a.locks, p.hold, NULL, NULL), ==, 0);
+
+        g_assert_cmpint(acq_sync(f, &f->b, "own-w", &excl, &blocker), ==, 0);
+        g_assert_cmpint(acq_sync(f, &f->a, "own-w", &excl, &busy), ==, -EBUSY);
+        g_assert_cmpint(acq_sync(f, &f->a, "own-w", &(Req) { .timeout = 200 * MSEC }, &timeout), ==, -ETIMEDOUT);
+        counter_start(f, &k);
+        acq_queue(f, &k, &f->a, "own-w", &(Req) { .sender = ":1.8", .timeout = UINT64_MAX }, &cancelled);
+        counter_stop(&k);
+        cluster_acquire_cancel(cancelled.handle);
+        cancelled.handle = NULL;
+        g_assert_cmpint(release_sync(f, &f->b, blocker.hold), ==, 0);
+
+        removed_marker(f, &f->a, "own-marker");
+        g_assert_cmpuint(f->a.n_removed, ==, 1);
+        g_assert_cmpuint(f->b.n_removed, ==, 0);
+        g_assert_cmpint(count_keys(f, &f->a, "own-w"), ==, 0);
+        g_assert_cmpint(count_keys(f, &f->a, "own-p"), ==, 0);
 }
 
 /* A key under the resource whose value is not ours blocks (never a false
@@ -999,8 +1214,10 @@ static void test_lease_revoked(Fixture *f, gconstpointer data) {
         g_assert_cmpint(sync_lease_revoke(f->event, f->a.etcd, lease, &f->r), ==, 0);
         while (d.n_lost == 0)
                 g_assert_cmpint(sd_event_run(f->event, WAIT_USEC), >, 0);
-        g_assert_cmpuint(d.n_lost_holds, ==, 1);
-        g_assert_cmpstr(d.lost_resources->pdata[0], ==, "c");
+        /* Its keys went with it: each hold is told once, by whichever
+         * etcd told first (the watch or the next renewal). */
+        g_assert_cmpuint(d.n_lost_holds + d.n_removed, ==, 1);
+        g_assert_cmpstr(d.n_removed ? d.removed_resources->pdata[0] : d.lost_resources->pdata[0], ==, "c");
 
         test_run_until(f->event, &d.ready, WAIT_USEC);
         g_assert_cmpuint(d.n_ready, ==, 2);
@@ -1177,11 +1394,12 @@ static void test_unknown_outcome(Fixture *f, gconstpointer data) {
 
 /* Breaks the shared cluster: last of the shared ones. */
 static void test_member_killed(Fixture *f, gconstpointer data) {
-        _cleanup_(acq_clear) Acq h = {}, w = {}, again = {};
+        _cleanup_(acq_clear) Acq h = {}, w = {}, again = {}, p = {};
         Req wait = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX, .sender = ":1.w" };
 
         SKIP_WITHOUT_CLUSTER();
 
+        g_assert_cmpint(acq_sync(f, &f->a, "k-p", &(Req) { .scope = HOLD_SCOPE_PERSISTENT }, &p), ==, 0);
         g_assert_cmpint(acq_sync(f, &f->a, "k", &excl, &h), ==, 0);
         acq_start(f, &f->b, "k", &wait, &w);
         /* The member both clients talk to (the first that answered). */
@@ -1198,6 +1416,16 @@ static void test_member_killed(Fixture *f, gconstpointer data) {
         /* The leases stayed. */
         g_assert_cmpuint(f->a.n_lost, ==, 0);
         g_assert_cmpuint(f->b.n_lost, ==, 0);
+
+        /* The instance watch survived (started again on another member if
+         * it was on the dead one): a deletion by hand is still told. */
+        g_assert_cmpint(sync_delete(f->event, f->b.etcd, cluster_hold_get_entry(p.hold)->key, false, &f->r), ==, 0);
+        run_until_count(f, &f->a.n_removed, 1);
+        g_assert_cmpstr(f->a.removed_resources->pdata[0], ==, "k-p");
+        g_test_message("instance watch of a started %" PRIu64 " time(s)",
+                       cluster_locks_get_stats(f->a.locks).n_prefix_watches);
+        g_assert_cmpuint(f->a.n_removed, ==, 1);
+        g_assert_cmpuint(f->b.n_removed, ==, 0);
 }
 
 /* A cluster of its own, killed entirely. */
@@ -1291,6 +1519,11 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/reentry/refused", test_not_reentrant);
         ADD("/cluster/tokens/increase", test_tokens_increase);
         ADD("/cluster/release/stale-handle", test_stale_release);
+        ADD("/cluster/removed/by-break", test_removed_by_break);
+        ADD("/cluster/removed/by-hand", test_removed_by_hand);
+        ADD("/cluster/removed/not-own", test_removed_not_own);
+        ADD("/cluster/removed/waiting-request", test_removed_waiting);
+        ADD("/cluster/removed/before-adopt", test_removed_before_adopt);
         ADD("/cluster/exclusive/unreadable-entry", test_unreadable_entry);
         ADD("/cluster/persistent/survives-crash", test_persistent_survives_crash);
         ADD("/cluster/persistent/ttl-refresh", test_persistent_ttl_refresh);
