@@ -501,7 +501,6 @@ static int cluster_unlock(Manager *m, sd_bus_message *message, const char *resou
 
 static void on_cluster_refreshed(Manager *m, int error, const char *error_message, uint64_t expires_usec,
                                  void *userdata) {
-        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         ClusterCall *c = userdata;
         int r;
 

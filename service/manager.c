@@ -24,6 +24,13 @@ static uint64_t now_realtime_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
 }
 
+static uint64_t now_monotonic_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+}
+
 static uint64_t add_saturating(uint64_t a, uint64_t b) {
         return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
@@ -868,6 +875,18 @@ static int manager_load(Manager *m) {
         return 0;
 }
 
+/* Exit on idle counts from the last method call, or from the moment the
+ * daemon stopped holding anything volatile: its own timers (the etcd
+ * lease's renewals, a TTL) and other peers' NameOwnerChanged signals are
+ * not activity. */
+static int on_bus_message(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+
+        if (sd_bus_message_is_method_call(message, NULL, NULL) > 0)
+                m->last_activity_usec = now_monotonic_usec();
+        return 0;
+}
+
 static int manager_connect_bus(Manager *m, bool user_bus) {
         sd_id128_t id;
         int r;
@@ -885,6 +904,10 @@ static int manager_connect_bus(Manager *m, bool user_bus) {
         r = sd_bus_set_exit_on_disconnect(m->bus, true);
         if (r < 0)
                 return log_error_errno(r, "Failed to set exit on disconnect: %m");
+
+        r = sd_bus_add_filter(m->bus, NULL, on_bus_message, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the bus for calls: %m");
 
         r = sd_bus_get_bus_id(m->bus, &id);
         if (r < 0)
@@ -1022,11 +1045,25 @@ static int manager_start_idle_exit(Manager *m) {
 /* The event loop, with exit on idle: when a whole idle period passes with
  * no event and nothing but durable state held, release the name, answer
  * what is queued, then exit. D-Bus activation starts the next instance. */
+/* The time left before an idle exit (0: now), or UINT64_MAX if none. */
+static uint64_t manager_idle_time_left(Manager *m) {
+        uint64_t now, deadline;
+
+        if (m->idle_timeout_usec == 0 || m->exiting)
+                return UINT64_MAX;
+
+        now = now_monotonic_usec();
+        if (m->last_activity_usec == 0 || !manager_is_idle(m))
+                m->last_activity_usec = now;
+        deadline = add_saturating(m->last_activity_usec, m->idle_timeout_usec);
+        return deadline > now ? deadline - now : 0;
+}
+
 static int manager_loop(Manager *m) {
         int r;
 
         for (;;) {
-                uint64_t timeout = UINT64_MAX;
+                uint64_t timeout;
 
                 r = sd_event_get_state(m->event);
                 if (r < 0)
@@ -1038,18 +1075,17 @@ static int manager_loop(Manager *m) {
                  * flushed soon even when nobody waits for it. */
                 manager_arm_commit(m);
 
-                if (m->idle_timeout_usec > 0 && !m->exiting)
-                        timeout = m->idle_timeout_usec;
+                timeout = manager_idle_time_left(m);
+                if (timeout == 0) {
+                        r = manager_start_idle_exit(m);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
 
                 r = sd_event_run(m->event, timeout);
                 if (r < 0)
                         return r;
-
-                if (r == 0 && timeout != UINT64_MAX && manager_is_idle(m)) {
-                        r = manager_start_idle_exit(m);
-                        if (r < 0)
-                                return r;
-                }
         }
 
         r = 0;

@@ -60,6 +60,7 @@ typedef struct Manager {
         unsigned max_locks_per_user;
         unsigned max_waiters_per_user;
         uint64_t idle_timeout_usec;
+        uint64_t last_activity_usec;    /* CLOCK_MONOTONIC: the last call, or the last busy moment */
 
         /* Calls the bus layer answers later, other than waiters (Break
          * waiting for polkit); it sets the destroy function. */
