@@ -252,6 +252,44 @@ static void test_tokens_increase(ClusterFixture *f, gconstpointer data) {
         }
 }
 
+/* Unlock without waiting for an answer (lockbus_unlock_nowait()). */
+static void unlock_nowait(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+        g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                                       LOCKBUS_MANAGER_IFACE, "Unlock"), >=, 0);
+        g_assert_cmpint(sd_bus_message_append(m, "s", resource), >=, 0);
+        g_assert_cmpint(sd_bus_message_set_expect_reply(m, false), >=, 0);
+        g_assert_cmpint(sd_bus_send(bus, m, NULL), >=, 0);
+}
+
+/* A caller's calls are served in order, also while etcd answers an Unlock:
+ * the Acquire right after an Unlock that is not waited for finds the
+ * resource free. */
+static void test_order_after_unlock_nowait(ClusterFixture *f, gconstpointer data) {
+        uint64_t last = 0, t;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        for (unsigned i = 0; i < 10; i++) {
+                t = test_acquire_ok(f->a.client, "n", NULL);
+                g_assert_cmpuint(t, >, last);
+                last = t;
+                unlock_nowait(f->a.client, "n");
+
+                t = test_lock_ok(f->a.client, "p");
+                g_assert_cmpuint(t, >, last);
+                last = t;
+                unlock_nowait(f->a.client, "p");
+        }
+
+        /* The last ones are released too: the other host gets both. */
+        t = test_acquire_ok(f->b.client, "n", &(TestAcquireOptions) { .has_timeout = true, .timeout = UINT64_MAX });
+        g_assert_cmpuint(t, >, last);
+        t = test_acquire_ok(f->b.client, "p", &(TestAcquireOptions) { .has_timeout = true, .timeout = UINT64_MAX });
+        g_assert_cmpuint(t, >, last);
+}
+
 static void assert_same_rows(GPtrArray *x, GPtrArray *y) {
         g_assert_cmpuint(x->len, ==, y->len);
         for (unsigned i = 0; i < x->len; i++) {
@@ -630,6 +668,7 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/shared/both-hosts", test_shared_both_hosts);
         cluster_test_add("/cluster/ttl/refresh-and-expiry", test_ttl_refresh);
         cluster_test_add("/cluster/tokens/increase", test_tokens_increase);
+        cluster_test_add("/cluster/order/unlock-nowait", test_order_after_unlock_nowait);
         cluster_test_add("/cluster/list/both-hosts", test_list_both_hosts);
         cluster_test_add("/cluster/reentry/refused", test_not_reentrant);
         cluster_test_add("/cluster/non-root/across-hosts", test_non_root);
