@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <stdarg.h>
 #include <string.h>
 
 #include "bus-manager.h"
@@ -425,6 +426,19 @@ static void cluster_call_fail(ClusterCall *c, sd_bus_error *error) {
         cluster_call_free(c);
 }
 
+/* Answers c with a method return of `types` (NULL: none) and frees it. */
+static void cluster_call_reply(ClusterCall *c, const char *types, ...) {
+        va_list ap;
+        int r;
+
+        va_start(ap, types);
+        r = sd_bus_reply_method_returnv(c->message, types, ap);
+        va_end(ap);
+        if (r < 0)
+                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
+        cluster_call_free(c);
+}
+
 static void cluster_call_fail_etcd(Manager *m, ClusterCall *c, const char *failed_to, int error,
                                    const char *error_message) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -477,17 +491,13 @@ static int cluster_find_callers_hold(Manager *m, sd_bus_message *message, const 
 
 static void on_cluster_unlocked(Manager *m, int error, const char *error_message, void *userdata) {
         ClusterCall *c = userdata;
-        int r;
 
         /* It was not the caller's any more: say whose it is. */
         if (error == -ENOENT)
                 return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "remove", error, error_message);
-        r = sd_bus_reply_method_return(c->message, NULL);
-        if (r < 0)
-                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
-        cluster_call_free(c);
+        cluster_call_reply(c, NULL);
 }
 
 static int cluster_unlock(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
@@ -502,16 +512,12 @@ static int cluster_unlock(Manager *m, sd_bus_message *message, const char *resou
 static void on_cluster_refreshed(Manager *m, int error, const char *error_message, uint64_t expires_usec,
                                  void *userdata) {
         ClusterCall *c = userdata;
-        int r;
 
         if (error == -ENOENT)
                 return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "refresh", error, error_message);
-        r = sd_bus_reply_method_return(c->message, "t", expires_usec);
-        if (r < 0)
-                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
-        cluster_call_free(c);
+        cluster_call_reply(c, "t", expires_usec);
 }
 
 static int cluster_refresh(Manager *m, sd_bus_message *message, const char *resource, const Peer *caller) {
@@ -526,7 +532,6 @@ static int cluster_refresh(Manager *m, sd_bus_message *message, const char *reso
 static void on_cluster_broken(Manager *m, int n_or_error, const char *error_message, void *userdata) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         ClusterCall *c = userdata;
-        int r;
 
         if (n_or_error < 0)
                 return cluster_call_fail_etcd(m, c, "break", n_or_error, error_message);
@@ -534,10 +539,7 @@ static void on_cluster_broken(Manager *m, int n_or_error, const char *error_mess
                 sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
                 return cluster_call_fail(c, &e);
         }
-        r = sd_bus_reply_method_return(c->message, NULL);
-        if (r < 0)
-                log_debug_errno(r, "Failed to answer %s: %m", c->caller.name);
-        cluster_call_free(c);
+        cluster_call_reply(c, NULL);
 }
 
 static void on_change_committed(Manager *m, int error, void *userdata) {
