@@ -293,7 +293,8 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         /* What the caller asked after the Unlock goes on, in order. */
         queue = g_hash_table_lookup(b->unlocking, call->order_key);
         if (queue) {
-                g_hash_table_steal(b->unlocking, call->order_key);
+                /* The table frees its key, not the queue. */
+                g_hash_table_remove(b->unlocking, call->order_key);
                 while ((req = g_queue_pop_head(queue))) {
                         b->n_deferred--;
                         cluster_backend_submit(b, req);
