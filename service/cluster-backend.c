@@ -29,6 +29,11 @@ struct ClusterBackend {
         unsigned n_deferred;
         bool adopted;                   /* this machine's persistent holds are in the table */
         bool start_done;                /* the first lease and the adoption finished, or failed */
+        unsigned n_moving;              /* connection holds being moved onto our lease at start */
+        bool listed;                    /* the adoption's list was gone through */
+        GPtrArray *lost_at_start;       /* Hold * (owned): told LockLost once the bus is served */
+        GPtrArray *moves;               /* MoveCall * (owned) under way */
+        sd_event_source *lost_defer;
         bool stopped;
 };
 
@@ -95,6 +100,7 @@ static Hold *hold_from_entry(ClusterBackend *b, const ClusterEntry *e) {
         h->pid = e->pid;
         h->comm = g_strdup(e->comm);
         h->sender = g_strdup(e->sender);
+        h->bus_id = g_strdup(e->bus_id);
         h->since_usec = e->since_usec;
         h->expires_usec = e->expires_usec;
         h->ttl_usec = e->ttl_usec;
@@ -178,6 +184,7 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
                 .pid = req->caller.pid,
                 .comm = req->caller.comm,
                 .sender = req->caller.name,
+                .bus_id = req->caller.direct ? "" : b->manager->bus_id,
                 .description = req->description,
         };
         Pending *p;
@@ -558,14 +565,145 @@ static void on_hold_removed(ClusterLocks *c, ClusterHold *ch, void *userdata) {
         manager_drop_hold(b->manager, h, "Released (removed from etcd)");
 }
 
-/* Takes back this machine's persistent holds, granted by an earlier run. */
+static int on_lost_defer(sd_event_source *s, void *userdata) {
+        ClusterBackend *b = userdata;
+
+        b->lost_defer = sd_event_source_disable_unref(b->lost_defer);
+        for (guint i = 0; b->lost_at_start && i < b->lost_at_start->len; i++)
+                manager_notify_hold_lost(b->manager, b->lost_at_start->pdata[i], "lost");
+        g_clear_pointer(&b->lost_at_start, g_ptr_array_unref);
+        return 0;
+}
+
+/* The adoption is over once its list was gone through and every move
+ * answered. Holders of moves that found their key gone are told from the
+ * loop, once the bus side is set up (LockLost is not sent before). */
+static void adopt_check_done(ClusterBackend *b) {
+        int r;
+
+        if (!b->listed || b->n_moving > 0)
+                return;
+        if (b->lost_at_start && b->lost_at_start->len > 0 && !b->lost_defer) {
+                r = sd_event_add_defer(b->manager->event, &b->lost_defer, on_lost_defer, b);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to schedule LockLost for holds lost at start, ignoring: %m");
+        }
+        b->adopted = true;
+        b->start_done = true;
+}
+
+/* A connection hold being moved onto this daemon's lease at start. */
+typedef struct MoveCall {
+        ClusterBackend *backend;
+        Hold *hold;                     /* as read: told LockLost if its key is gone */
+} MoveCall;
+
+static void move_call_free(MoveCall *mc) {
+        hold_free(mc->hold);
+        g_free(mc);
+}
+
+/* A connection hold of an earlier run of this daemon, whose holder is
+ * still on the bus, is on this daemon's lease now (or its key was gone). */
+static void on_moved(ClusterLocks *c, int error, const char *error_message, ClusterHold *ch, void *userdata) {
+        MoveCall *mc = userdata;
+        ClusterBackend *b = mc->backend;
+        _cleanup_(hold_freep) Hold *old = TAKE_PTR(mc->hold);
+        Hold *h;
+        int r;
+
+        g_ptr_array_remove_fast(b->moves, mc);
+        g_assert(b->n_moving > 0);
+        b->n_moving--;
+
+        if (error == -ENOENT) {
+                /* Its old lease expired first: another host may hold it now. */
+                log_notice("The hold of %s on '%s' (token %" PRIu64 ") expired before this daemon took it back, "
+                           "telling it.", strempty(old->sender), old->resource, old->token);
+                if (!b->lost_at_start)
+                        b->lost_at_start = g_ptr_array_new_with_free_func(hold_destroy);
+                g_ptr_array_add(b->lost_at_start, TAKE_PTR(old));
+        } else if (error < 0)
+                log_warning_errno(error, "Failed to take back the hold on '%s' from %s, it ends with its old "
+                                  "lease: %s", old->resource, b->where, error_message ?: strerror(-error));
+        else {
+                const ClusterEntry *e = cluster_hold_get_entry(ch);
+
+                r = peer_registry_watch(b->manager->peers, e->sender);
+                if (r <= 0) {
+                        /* It left while the key was being moved. */
+                        log_notice("%s left while its hold on '%s' was taken back, releasing it.", e->sender,
+                                   e->resource);
+                        (void) cluster_locks_release(c, ch, NULL, NULL);
+                } else {
+                        h = hold_from_entry(b, e);
+                        h->cluster_hold = ch;
+                        cluster_hold_set_userdata(ch, h);
+                        r = manager_take_hold(b->manager, h, NULL, "Restored");
+                        if (r < 0) {
+                                log_warning_errno(r, "Failed to take back the hold on '%s', releasing it: %m",
+                                                  old->resource);
+                                (void) cluster_locks_release(c, ch, NULL, NULL);
+                        }
+                }
+        }
+        adopt_check_done(b);
+}
+
+/* A connection hold of an earlier run of this daemon on this machine: kept
+ * if its holder is still on this bus, else deleted at once. */
+static void adopt_connection_hold(ClusterBackend *b, const ClusterEntry *e) {
+        Manager *m = b->manager;
+        const char *drop = NULL;
+        ClusterHold *ch = NULL;
+        int r;
+
+        if (!e->bus_id || e->bus_id[0] == '\0' || !streq(e->bus_id, m->bus_id))
+                drop = "its connection is not on this bus (another bus instance, or a direct connection)";
+        else {
+                r = peer_registry_watch(m->peers, e->sender);
+                if (r < 0) {
+                        log_warning_errno(r, "Failed to check whether %s is still connected: %m", e->sender);
+                        drop = "its connection could not be checked";
+                } else if (r == 0)
+                        drop = "its connection is gone";
+        }
+
+        if (!drop) {
+                MoveCall *mc = g_new0(MoveCall, 1);
+
+                mc->backend = b;
+                r = cluster_locks_adopt_onto_lease(b->locks, e, on_moved, mc);
+                if (r >= 0) {
+                        mc->hold = hold_from_entry(b, e);
+                        g_ptr_array_add(b->moves, mc);
+                        b->n_moving++;
+                        return;
+                }
+                g_free(mc);
+                log_warning_errno(r, "Failed to take back the hold on '%s': %m", e->resource);
+                drop = "it could not be moved onto this daemon's lease";
+        }
+
+        log_notice("Dropping hold on '%s' (token %" PRIu64 ", uid " UID_FMT ", %s): %s.", e->resource, e->token,
+                   e->uid, strempty(e->sender), drop);
+        r = cluster_locks_adopt(b->locks, e, &ch);
+        if (r >= 0)
+                r = cluster_locks_release(b->locks, ch, NULL, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Failed to delete the hold on '%s' from %s, it ends with its old lease: %m",
+                                  e->resource, b->where);
+}
+
+/* Takes back this machine's persistent holds, granted by an earlier run,
+ * and its connection holds whose holder is still on the bus. */
 static void on_adopt_list(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
                           size_t n, size_t n_waiting, void *userdata) {
         ClusterBackend *b = userdata;
-        unsigned adopted = 0;
+        unsigned adopted = 0, n_fd = 0;
 
-        b->start_done = true;
         if (error < 0) {
+                b->start_done = true;
                 log_error_errno(error, "Failed to read the holds of this machine from %s: %s", b->where,
                                 error_message ?: strerror(-error));
                 return;
@@ -577,9 +715,21 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                 Hold *h;
                 int r;
 
-                if (e->scope != HOLD_SCOPE_PERSISTENT || !streq(e->machine_id, b->machine_id) ||
-                    find_local_hold(b, e->resource, e->token))
+                if (!streq(e->machine_id, b->machine_id) || find_local_hold(b, e->resource, e->token) ||
+                    streq(e->instance, cluster_locks_get_instance(b->locks)))
                         continue;
+                if (e->scope == HOLD_SCOPE_FD) {
+                        /* Its fd did not survive the restart (no systemd fd store here). */
+                        log_notice("The fd hold on '%s' (token %" PRIu64 ", %s) of an earlier run cannot come "
+                                   "back, it ends with that run's etcd lease.", e->resource, e->token,
+                                   strempty(e->sender));
+                        n_fd++;
+                        continue;
+                }
+                if (e->scope == HOLD_SCOPE_CONNECTION) {
+                        adopt_connection_hold(b, e);
+                        continue;
+                }
 
                 r = cluster_locks_adopt(b->locks, e, &ch);
                 if (r < 0) {
@@ -596,8 +746,10 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                 }
                 adopted++;
         }
-        b->adopted = true;
-        log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back.", b->where, adopted);
+        log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back, %u connection "
+                 "hold(s) being checked, %u fd hold(s) left to their lease.", b->where, adopted, b->n_moving, n_fd);
+        b->listed = true;
+        adopt_check_done(b);
 }
 
 static void on_lease_ready(ClusterLocks *c, int64_t lease_id, void *userdata) {
@@ -645,6 +797,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         b->machine_id = g_strdup(config->machine_id);
         b->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, (GDestroyNotify) pending_free, NULL);
         b->unlocking = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        b->moves = g_ptr_array_new_with_free_func((GDestroyNotify) move_call_free);
         list = g_strjoinv(", ", config->endpoints);
         b->where = g_strdup_printf("etcd (%s)", list);
 
@@ -733,6 +886,9 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
         b->locks = cluster_locks_free(b->locks);
         b->etcd = etcd_client_free(b->etcd);
         g_hash_table_destroy(b->pending);
+        g_ptr_array_unref(b->moves);
+        b->lost_defer = sd_event_source_disable_unref(b->lost_defer);
+        g_clear_pointer(&b->lost_at_start, g_ptr_array_unref);
         g_free(b->where);
         g_free(b->machine_id);
         g_free(b);

@@ -15,8 +15,10 @@
  * calls, LockCount the resources it holds); Owner and ListLocks read etcd,
  * and a hold of another host shows its sender as "NAME@HOSTNAME"; a failure
  * to reach etcd is a Storage error that names etcd; at start the daemon
- * takes back this machine's persistent holds, while connection holds do not
- * outlive the daemon (they end with its lease). */
+ * takes back this machine's persistent holds, and the connection holds of
+ * an earlier daemon of this machine whose holder is still on the same bus
+ * (moved onto the new lease; those whose holder left are deleted at once);
+ * fd holds end with the old lease. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -43,8 +45,9 @@ typedef struct ClusterBackendConfig {
         const char *hostname;
 } ClusterBackendConfig;
 
-/* Connects, takes a lease and this machine's persistent holds (into the
- * manager's table), running the event loop until done or failed. */
+/* Connects, takes a lease and this machine's persistent holds and still
+ * connected connection holds (into the manager's table), running the event
+ * loop until done or failed. */
 int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterBackend **ret);
 ClusterBackend *cluster_backend_free(ClusterBackend *b);
 

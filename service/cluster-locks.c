@@ -89,6 +89,7 @@ struct ClusterAcquire {
         char *resource;
         char *comm;
         char *sender;
+        char *bus_id;
         char *description;
         char *owner;
         char *key;
@@ -136,6 +137,7 @@ typedef enum OpKind {
         OP_QUERY,
         OP_STOP,
         OP_REVOKE,
+        OP_MOVE,
 } OpKind;
 
 typedef struct Op {
@@ -153,10 +155,13 @@ typedef struct Op {
         uint64_t expires_usec;
         int64_t lease;
         unsigned step;
+        unsigned lease_generation;      /* OP_MOVE */
+        ClusterEntry *entry;            /* OP_MOVE: the entry as it will be */
         union {
                 ClusterDoneCallback done;
                 ClusterRefreshCallback refresh;
                 ClusterQueryCallback query;
+                ClusterAdoptCallback adopt;
                 void (*stop)(ClusterLocks *c, int error, void *userdata);
         } callback;
         void *userdata;
@@ -226,6 +231,7 @@ void cluster_entry_clear(ClusterEntry *e) {
         g_free(e->resource);
         g_free(e->comm);
         g_free(e->sender);
+        g_free(e->bus_id);
         g_free(e->machine_id);
         g_free(e->hostname);
         g_free(e->instance);
@@ -240,6 +246,7 @@ static void cluster_entry_copy(ClusterEntry *dst, const ClusterEntry *src) {
         dst->resource = g_strdup(src->resource);
         dst->comm = g_strdup(src->comm);
         dst->sender = g_strdup(src->sender);
+        dst->bus_id = g_strdup(src->bus_id);
         dst->machine_id = g_strdup(src->machine_id);
         dst->hostname = g_strdup(src->hostname);
         dst->instance = g_strdup(src->instance);
@@ -284,6 +291,7 @@ static char *value_build(const ClusterEntry *e) {
         json_builder_add_int_value(b, e->pid);
         add_string(b, "comm", e->comm);
         add_string(b, "sender", e->sender);
+        add_string(b, "bus_id", e->bus_id);
         add_string(b, "machine_id", e->machine_id);
         add_string(b, "hostname", e->hostname);
         add_string(b, "instance", e->instance);
@@ -346,6 +354,7 @@ static void entry_from_kv(ClusterEntry *e, const EtcdKeyValue *kv) {
                 e->resource = g_strdup("");
                 e->comm = g_strdup("");
                 e->sender = g_strdup("");
+                e->bus_id = g_strdup("");
                 e->machine_id = g_strdup("");
                 e->hostname = g_strdup("");
                 e->instance = g_strdup("");
@@ -362,6 +371,8 @@ static void entry_from_kv(ClusterEntry *e, const EtcdKeyValue *kv) {
                 e->pid = (pid_t) member_int(o, "pid", &ok);
                 e->comm = member_string(o, "comm", &ok);
                 e->sender = member_string(o, "sender", &ok);
+                /* Optional: values written before it read as a direct connection's. */
+                e->bus_id = member_string(o, "bus_id", &(bool) { true });
                 e->machine_id = member_string(o, "machine_id", &ok);
                 e->hostname = member_string(o, "hostname", &ok);
                 e->instance = member_string(o, "instance", &ok);
@@ -445,6 +456,8 @@ static void op_free(Op *op) {
         sd_event_source_disable_unref(op->timer);
         if (op->hold && !op->hold->link)
                 ch_free(op->hold);
+        if (op->entry)
+                entry_free(op->entry);
         g_free(op->key);
         g_free(op->resource);
         g_free(op);
@@ -622,6 +635,94 @@ int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **re
         /* The entry was read before: a deletion since may predate the watch. */
         prefix_check(c);
         *ret = h;
+        return 0;
+}
+
+static void on_moved(EtcdCall *call, int error, const char *error_message, const EtcdTxnResult *result,
+                     void *userdata) {
+        Op *op = userdata;
+        ClusterLocks *c = op->cluster;
+        ClusterAdoptCallback cb = op->callback.adopt;
+        void *ud = op->userdata;
+        g_autofree char *message = g_strdup(error_message);
+        ClusterHold *h = NULL;
+        int r = error;
+
+        op->call = NULL;
+        if (r >= 0 && !result->succeeded) {
+                r = -ENOENT;
+                g_free(message);
+                message = g_strdup_printf("the key of the hold on '%s' is gone (its lease expired)",
+                                          op->entry->resource);
+        } else if (r >= 0 && op->lease_generation != c->lease_generation) {
+                /* Put on a lease that was lost meanwhile: it goes with it. */
+                r = -ENOLINK;
+                g_free(message);
+                message = g_strdup("the instance lease was lost while the hold was moved onto it");
+        } else if (r >= 0) {
+                h = g_new0(ClusterHold, 1);
+                h->cluster = c;
+                cluster_entry_copy(&h->entry, op->entry);
+                h->lease = op->entry->lease;
+                h->on_instance_lease = true;
+                h->lease_generation = op->lease_generation;
+                ch_attach(c, h);
+                ch_index(h);
+                /* A deletion after the put may predate the instance watch. */
+                prefix_check(c);
+        }
+        op_free(op);
+
+        cluster_ref(c);
+        cb(c, r, message, h, ud);
+        cluster_unref(c);
+}
+
+int cluster_locks_adopt_onto_lease(ClusterLocks *c, const ClusterEntry *e, ClusterAdoptCallback callback,
+                                   void *userdata) {
+        _cleanup_(etcd_txn_freep) EtcdTxn *t = NULL;
+        g_autofree char *value = NULL;
+        ClusterEntry *moved;
+        Op *op;
+        int r;
+
+        if (!c || c->dead || !e || !e->key || e->token == 0 || !e->is_valid || !callback ||
+            e->scope != HOLD_SCOPE_CONNECTION)
+                return -EINVAL;
+        if (c->lease == 0 || c->stopping)
+                return -ENOTCONN;
+
+        moved = entry_dup(e);
+        moved->lease = c->lease;
+        g_free(moved->instance);
+        moved->instance = g_strdup(c->instance);
+        g_free(moved->owner);
+        moved->owner = owner_of_sender(c, moved->sender);
+        value = value_build(moved);
+
+        r = etcd_txn_new(&t);
+        if (r >= 0)
+                r = etcd_txn_compare(t, moved->key, strlen(moved->key), ETCD_COMPARE_CREATE, ETCD_COMPARE_EQUAL,
+                                     (int64_t) moved->token);
+        if (r >= 0)
+                r = etcd_txn_put(t, ETCD_TXN_SUCCESS, moved->key, strlen(moved->key), value, strlen(value),
+                                 moved->lease);
+        if (r < 0) {
+                entry_free(moved);
+                return r;
+        }
+
+        op = op_new(c, OP_MOVE);
+        op->entry = moved;
+        op->lease_generation = c->lease_generation;
+        op->callback.adopt = callback;
+        op->userdata = userdata;
+        r = etcd_txn(c->etcd, t, on_moved, op, &op->call);
+        if (r < 0) {
+                op->call = NULL;
+                op_free(op);
+                return r;
+        }
         return 0;
 }
 
@@ -1269,6 +1370,7 @@ static void acquire_free(ClusterAcquire *a) {
         g_free(a->resource);
         g_free(a->comm);
         g_free(a->sender);
+        g_free(a->bus_id);
         g_free(a->description);
         g_free(a->owner);
         g_free(a->key);
@@ -1553,6 +1655,7 @@ static ClusterHold *acquire_make_hold(ClusterAcquire *a, int64_t lease) {
                 .pid = a->pid,
                 .comm = g_strdup(a->comm),
                 .sender = g_strdup(a->sender),
+                .bus_id = g_strdup(a->bus_id),
                 .machine_id = g_strdup(c->machine_id),
                 .hostname = g_strdup(c->hostname),
                 .instance = g_strdup(c->instance),
@@ -1757,6 +1860,7 @@ int cluster_locks_acquire(ClusterLocks *c, const ClusterRequest *request, Cluste
         a->resource = g_strdup(request->resource);
         a->comm = g_strdup(strempty(request->comm));
         a->sender = g_strdup(strempty(request->sender));
+        a->bus_id = g_strdup(strempty(request->bus_id));
         a->description = g_strdup(strempty(request->description));
         a->owner = a->scope == HOLD_SCOPE_PERSISTENT ? owner_of_uid(c, a->uid) : owner_of_sender(c, a->sender);
         a->range_prefix = g_strdup_printf("%s/locks/%s/", c->prefix, escaped);

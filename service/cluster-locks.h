@@ -14,7 +14,8 @@
  * holds a '/' and one resource's keys are exactly the keys under
  * ".../<escaped>/"; instance: 16 random hex digits per ClusterLocks; seq:
  * a counter). The value is a JSON document that describes the request:
- * resource, mode, scope, uid, pid, comm, sender, machine_id, hostname,
+ * resource, mode, scope, uid, pid, comm, sender, bus_id (the bus the sender
+ * is on: 32 hex digits, "" for a direct connection), machine_id, hostname,
  * instance, since, ttl, expires (µs, CLOCK_REALTIME), description, owner.
  *
  * Order and tokens. A resource's keys are ordered by create_revision; a
@@ -59,7 +60,9 @@
  * The instance lease. cluster_locks_start() grants one lease of
  * lease_ttl_usec (rounded up to seconds) and renews it every TTL/3.
  * Connection and fd holds stay on it: if this daemon dies, etcd deletes
- * them after the TTL and the other hosts' waiters are granted. The lease
+ * them after the TTL and the other hosts' waiters are granted (unless the
+ * next instance on the machine moved a connection hold onto its own lease
+ * first: cluster_locks_adopt_onto_lease()). The lease
  * counts as LOST when a renewal says it does not exist, or when no renewal
  * succeeded for TTL measured from the *send* time of the last one that did
  * (CLOCK_BOOTTIME, so suspend counts). The lease_lost callback then gets
@@ -146,6 +149,12 @@
  *    acquire txn and the put that makes them persistent leaves the key on
  *    the instance lease: it vanishes after the TTL, and the caller never
  *    heard of a grant.
+ * 6. Moving a connection hold onto a new instance's lease (after a
+ *    restart) is one put compared on the key's create_revision: it lands
+ *    only on the very key that was granted, which exists throughout (on the
+ *    old lease, then on the new one), so the resource is never free in
+ *    between; a key that went meanwhile stays gone (-ENOENT) and its holder
+ *    is told.
  *
  * Not here: quotas, the bus, Break (the caller reads the holders with
  * cluster_locks_owner(), adopts and releases them). */
@@ -182,6 +191,7 @@ typedef struct ClusterEntry {
         pid_t pid;
         char *comm;
         char *sender;
+        char *bus_id;                   /* 32 hex digits, "": a direct connection (or an older value) */
         char *machine_id;
         char *hostname;
         char *instance;
@@ -249,6 +259,7 @@ typedef struct ClusterRequest {
         pid_t pid;
         const char *comm;
         const char *sender;             /* required unless persistent */
+        const char *bus_id;             /* the sender's bus (32 hex digits); NULL or "": direct */
         const char *description;        /* may be NULL */
 } ClusterRequest;
 
@@ -297,6 +308,29 @@ GPtrArray *cluster_locks_get_holds(ClusterLocks *c);
  * refreshed. Costs a read of every key under the prefix in the background
  * (shared with adopts under way), to learn whether it went meanwhile. */
 int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **ret);
+
+/* Moves a connection entry of an earlier instance of this machine (read
+ * with owner/list) onto this instance's lease: after a restart of the
+ * daemon, whose holder is still connected to the same bus. One txn puts the
+ * key again, compared on its create_revision, with the current instance
+ * lease and the value's instance (and owner) made this instance's; the rest
+ * of the value stays. A put keeps the create_revision, so the token and the
+ * place in the resource's order stay.
+ * Safety: the key is never deleted in between (the put either finds it
+ * with the same create_revision, or fails and writes nothing), so no other
+ * request can be granted meanwhile: everything behind it still waits on
+ * it, as when the earlier instance held it. If the old lease expired
+ * first, the key is gone (-ENOENT) and others may be granted already: the
+ * holder must be told it lost the lock.
+ * callback: error 0 with the new hold (owned by the instance, as from an
+ * acquire); -ENOENT: the key is gone (or has another create_revision);
+ * -ENOLINK: the instance lease was lost while the put was under way; other:
+ * etcd failed (the key is as it was, on its old lease). Fails at once for
+ * bad arguments (-EINVAL) or without a lease (-ENOTCONN). */
+typedef void (*ClusterAdoptCallback)(ClusterLocks *c, int error, const char *error_message, ClusterHold *hold,
+                                     void *userdata);
+int cluster_locks_adopt_onto_lease(ClusterLocks *c, const ClusterEntry *e, ClusterAdoptCallback callback,
+                                   void *userdata);
 
 /* Deletes the hold's key (compared on its token). error 0: released;
  * -ENOENT: it was gone already (expired, lease lost); both free the hold

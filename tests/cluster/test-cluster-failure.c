@@ -2,7 +2,10 @@
 
 /* Cluster mode when things die: a lockbusd killed with SIGKILL (its
  * persistent holds stay, its connection holds vanish cluster-wide after
- * the lease TTL and the other host's waiter is served), one etcd member
+ * the lease TTL and the other host's waiter is served), a lockbusd killed
+ * and started again (a connection hold whose holder is still connected
+ * stays, with its token, past the old lease; one whose holder left is
+ * deleted at once), one etcd member
  * killed (locking goes on, leases stay), and every member killed (Lock
  * fails with Storage naming etcd and its endpoints, never a grant; the
  * holds on the lost lease are dropped and their holder told).
@@ -87,6 +90,81 @@ static void test_daemon_killed(ClusterFixture *f, gconstpointer data) {
         test_unlock_ok(f->b.client, "pers");
         test_unlock_ok(f->b.client, "conn");
 }
+
+/* lockbusd of host A killed and started again while the holder of a
+ * connection hold stays connected: the new daemon moves the hold onto its
+ * lease. B sees it with the same token, and it outlives the old lease (B's
+ * Acquire with a timeout of two lease TTLs, started after the restart, times
+ * out); the holder's Unlock on A works, then B locks. */
+static void test_daemon_restarted(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
+        g_autoptr(TestCall) outlived = NULL;
+        g_autoptr(GPtrArray) on_b = NULL, on_a = NULL;
+        g_autofree char *sender_a1 = NULL;
+        uint64_t t, started;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+
+        t = test_acquire_ok(a1, "stay", NULL);
+        test_bus_kill_daemon(f->a.bus);
+        cluster_host_start_daemon(f, &f->a);
+
+        /* Still a1's, with its token, on both hosts. */
+        sender_a1 = cluster_sender(&f->a, a1);
+        on_b = test_owner_ok(f->b.client, "stay", NULL);
+        g_assert_cmpuint(on_b->len, ==, 1);
+        assert_holder(on_b->pdata[0], geteuid(), getpid(), f->comm, sender_a1, t, "connection");
+        on_a = test_owner_ok(f->a.client, "stay", NULL);
+        g_assert_cmpuint(on_a->len, ==, 1);
+        assert_holder(on_a->pdata[0], geteuid(), getpid(), f->comm, test_unique_name(a1), t, "connection");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+
+        /* Past the old lease's expiry: B's Acquire times out. */
+        started = test_now_monotonic();
+        outlived = test_acquire_async(f->b.client, "stay",
+                                      &(TestAcquireOptions) { .has_timeout = true,
+                                                              .timeout = 2 * CLUSTER_LEASE_TTL_USEC });
+        test_call_wait(outlived);
+        r = test_call_result(outlived, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_TIMEOUT, NULL);
+        g_assert_cmpuint(test_now_monotonic() - started, >=, 2 * CLUSTER_LEASE_TTL_USEC);
+        sd_bus_error_free(&error);
+
+        test_unlock_ok(a1, "stay");
+        g_assert_cmpuint(test_acquire_ok(f->b.client, "stay", NULL), >, t);
+        test_unlock_ok(f->b.client, "stay");
+}
+
+/* The holder of a connection hold left while host A's lockbusd was down:
+ * A's next daemon deletes the hold's key at start, so B's waiter is
+ * granted at once, not when the old lease expires (a lease TTL of 60 s
+ * here, far beyond the wait of a reply). */
+static void test_daemon_restarted_holder_gone(ClusterFixture *f, gconstpointer data) {
+        sd_bus *a1 = NULL;
+        g_autoptr(TestCall) waiter = NULL;
+        uint64_t t, t_waiter;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+
+        t = test_acquire_ok(a1, "gone", NULL);
+        waiter = test_acquire_async(f->b.client, "gone", WAIT_FOREVER);
+        cluster_wait_keys(f, "gone", 2);
+        assert_call_pending(waiter);
+
+        test_bus_kill_daemon(f->a.bus);
+        test_bus_disconnect(f->a.client, TAKE_PTR(a1));
+        cluster_host_start_daemon(f, &f->a);
+
+        t_waiter = test_call_wait_token(waiter);
+        g_assert_cmpuint(t_waiter, >, t);
+        test_unlock_ok(f->b.client, "gone");
+}
+
+static const char *const long_lease[] = { "--etcd-lease-ttl=60", NULL };
 
 /* Breaks the program's cluster: one member killed. Locking goes on through
  * the others, and the daemons' leases stay (a hold outlives the TTL: a
@@ -253,6 +331,9 @@ int main(int argc, char *argv[]) {
         cluster_test_init(&argc, &argv);
 
         cluster_test_add("/cluster/failure/daemon-killed", test_daemon_killed);
+        cluster_test_add("/cluster/failure/daemon-restarted", test_daemon_restarted);
+        cluster_test_add_with_args("/cluster/failure/daemon-restarted-holder-gone", long_lease,
+                                   test_daemon_restarted_holder_gone);
         cluster_test_add("/cluster/failure/etcd-member-killed", test_member_killed);
         cluster_test_add("/cluster/failure/etcd-all-killed", test_all_members_killed);
 

@@ -12,7 +12,9 @@
  * waking only the waiter behind it; timeout; cancel of a middle waiter;
  * not re-entrant; tokens; a stale handle; a foreign key; persistent holds
  * outliving a crashed instance whose connection holds go after the TTL; a
- * persistent TTL and Refresh; a clean stop; Owner and List; a revoked
+ * persistent TTL and Refresh; a connection hold of a crashed instance
+ * moved onto the next one's lease (token and place kept; -ENOENT once its
+ * key is gone); a clean stop; Owner and List; a revoked
  * lease; an acquire whose answer is lost (a proxy drops it); holds whose
  * keys someone else deleted (a Break from the other host, a delete by
  * hand) reported, and the instance's own deletes not. The cases
@@ -231,6 +233,7 @@ typedef struct Req {
         pid_t pid;
         const char *comm;
         const char *sender;
+        const char *bus_id;
         const char *description;
 } Req;
 
@@ -245,6 +248,7 @@ static void acq_start(Fixture *f, Host *h, const char *resource, const Req *req,
                 .pid = req->pid ?: 4242,
                 .comm = req->comm ?: "psql",
                 .sender = req->sender ?: ":1.42",
+                .bus_id = req->bus_id,
                 .description = req->description,
         };
 
@@ -339,6 +343,7 @@ static void on_query(ClusterLocks *c, int error, const char *error_message, cons
                         .pid = e->pid,
                         .comm = g_strdup(e->comm),
                         .sender = g_strdup(e->sender),
+                        .bus_id = g_strdup(e->bus_id),
                         .machine_id = g_strdup(e->machine_id),
                         .hostname = g_strdup(e->hostname),
                         .instance = g_strdup(e->instance),
@@ -1079,6 +1084,113 @@ static void test_persistent_survives_crash(Fixture *f, gconstpointer data) {
         g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
 }
 
+typedef struct Moved {
+        bool done;
+        int error;
+        ClusterHold *hold;
+} Moved;
+
+static void on_moved(ClusterLocks *c, int error, const char *error_message, ClusterHold *hold, void *userdata) {
+        Moved *m = userdata;
+
+        g_assert_false(m->done);
+        m->done = true;
+        m->error = error;
+        m->hold = hold;
+        if (error == 0)
+                g_assert_nonnull(hold);
+        else {
+                g_assert_null(hold);
+                g_assert_nonnull(error_message);
+        }
+}
+
+static int move_sync(Fixture *f, Host *h, const ClusterEntry *e, Moved *m) {
+        *m = (Moved) {};
+        g_assert_cmpint(cluster_locks_adopt_onto_lease(h->locks, e, on_moved, m), ==, 0);
+        g_assert_false(m->done);
+        test_run_until(f->event, &m->done, WAIT_USEC);
+        return m->error;
+}
+
+#define BUS_ID "0123456789abcdef0123456789abcdef"
+
+/* A daemon of host-c started again moves a connection hold of the crashed
+ * one onto its lease (its holder is still connected): same key, token and
+ * place in the order (the other host's waiter still waits, also once the
+ * old lease is gone); the value names the new instance and keeps the bus
+ * ID. Its release serves the waiter. Moving an entry whose key is gone:
+ * -ENOENT. */
+static void test_adopt_onto_lease(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq conn = {}, w = {};
+        _cleanup_(query_clear) Query q = {}, again = {};
+        Req held = { .mode = LOCK_MODE_EXCLUSIVE, .scope = HOLD_SCOPE_CONNECTION, .sender = ":1.7",
+                     .bus_id = BUS_ID };
+        Req wait = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX, .sender = ":1.b" };
+        Host c = {}, c2 = {}, c3 = {};
+        const ClusterEntry *e;
+        KeyCounter k = {};
+        Moved m = {};
+        uint64_t token;
+
+        SKIP_WITHOUT_CLUSTER();
+
+        host_start(&c, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 5 * SEC);
+        g_assert_cmpint(acq_sync(f, &c, "mv", &held, &conn), ==, 0);
+        token = cluster_hold_get_entry(conn.hold)->token;
+        g_assert_cmpstr(cluster_hold_get_entry(conn.hold)->bus_id, ==, BUS_ID);
+        counter_start(f, &k);
+        acq_queue(f, &k, &f->b, "mv", &wait, &w);
+        counter_stop(&k);
+
+        /* host-c dies without a word; its entry, as the next daemon reads it. */
+        host_stop(&c);
+        g_assert_cmpint(owner_sync(f, &f->a, "mv", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        e = query_entry(&q, 0);
+        g_assert_cmpuint(e->token, ==, token);
+        g_assert_cmpstr(e->bus_id, ==, BUS_ID);
+        g_assert_cmpstr(e->sender, ==, ":1.7");
+        g_assert_cmpint(e->scope, ==, HOLD_SCOPE_CONNECTION);
+
+        host_start(&c2, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 5 * SEC);
+        g_assert_cmpint(move_sync(f, &c2, e, &m), ==, 0);
+        g_assert_cmpstr(cluster_hold_get_entry(m.hold)->key, ==, e->key);
+        g_assert_cmpuint(cluster_hold_get_entry(m.hold)->token, ==, token);
+        g_assert_cmpint(cluster_hold_get_entry(m.hold)->lease, ==, cluster_locks_get_lease(c2.locks));
+        g_assert_cmpstr(cluster_hold_get_entry(m.hold)->instance, ==, cluster_locks_get_instance(c2.locks));
+        g_assert_cmpuint(count_holds(&c2), ==, 1);
+
+        /* The old lease ends (as it would after its TTL): the key stays. */
+        g_assert_cmpint(sync_lease_revoke(f->event, f->a.etcd, e->lease, &f->r), ==, 0);
+        g_assert_cmpint(owner_sync(f, &f->a, "mv", &again), ==, 0);
+        g_assert_cmpuint(again.entries->len, ==, 1);
+        g_assert_cmpuint(query_entry(&again, 0)->token, ==, token);
+        g_assert_cmpint(query_entry(&again, 0)->lease, ==, cluster_locks_get_lease(c2.locks));
+        g_assert_cmpstr(query_entry(&again, 0)->instance, ==, cluster_locks_get_instance(c2.locks));
+        g_assert_cmpstr(query_entry(&again, 0)->bus_id, ==, BUS_ID);
+        g_assert_cmpstr(query_entry(&again, 0)->comm, ==, e->comm);
+        g_assert_cmpuint(again.n_waiting, ==, 1);
+        g_assert_cmpint(count_keys(f, &f->a, "mv"), ==, 2);
+        g_assert_false(w.done);
+
+        /* Released by its new owner: the waiter behind it is served. */
+        g_assert_cmpint(release_sync(f, &c2, m.hold), ==, 0);
+        test_run_until(f->event, &w.done, WAIT_USEC);
+        g_assert_cmpint(w.error, ==, 0);
+        g_assert_cmpuint(cluster_hold_get_entry(w.hold)->token, >, token);
+
+        /* Moving it again: its key is gone. */
+        host_start(&c3, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 5 * SEC);
+        g_assert_cmpint(move_sync(f, &c3, e, &m), ==, -ENOENT);
+        g_assert_cmpuint(count_holds(&c3), ==, 0);
+        g_assert_cmpint(count_keys(f, &f->a, "mv"), ==, 1);
+
+        g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
+        host_stop(&c3);
+        host_stop(&c2);
+}
+
 static void on_stopped(ClusterLocks *c, int error, void *userdata) {
         Done *d = userdata;
 
@@ -1527,6 +1639,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/exclusive/unreadable-entry", test_unreadable_entry);
         ADD("/cluster/persistent/survives-crash", test_persistent_survives_crash);
         ADD("/cluster/persistent/ttl-refresh", test_persistent_ttl_refresh);
+        ADD("/cluster/connection/adopt-onto-lease", test_adopt_onto_lease);
         ADD("/cluster/stop/revokes", test_stop_revokes);
         ADD("/cluster/query/owner-list", test_owner_list);
         ADD("/cluster/failure/lease-revoked", test_lease_revoked);
