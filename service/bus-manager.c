@@ -395,13 +395,7 @@ static ClusterCall *cluster_call_new(sd_bus_message *message, const char *resour
 
         c->message = sd_bus_message_ref(message);
         c->resource = g_strdup(resource);
-        c->caller = (Peer) {
-                .name = g_strdup(caller->name),
-                .direct = caller->direct,
-                .uid = caller->uid,
-                .pid = caller->pid,
-                .comm = g_strdup(caller->comm),
-        };
+        c->caller = peer_copy(caller);
         c->method = method;
         c->verb_participle = verb_participle;
         return c;
@@ -410,8 +404,7 @@ static ClusterCall *cluster_call_new(sd_bus_message *message, const char *resour
 static void cluster_call_free(ClusterCall *c) {
         sd_bus_message_unref(c->message);
         g_free(c->resource);
-        g_free(c->caller.name);
-        g_free(c->caller.comm);
+        peer_done(&c->caller);
         g_free(c);
 }
 
@@ -668,8 +661,7 @@ static void pending_break_free(void *p) {
         sd_bus_slot_unref(b->slot);
         sd_bus_message_unref(b->message);
         g_free(b->resource);
-        g_free(b->caller.name);
-        g_free(b->caller.comm);
+        peer_done(&b->caller);
         g_free(b);
 }
 
@@ -730,13 +722,7 @@ static int method_break(sd_bus_message *message, void *userdata, sd_bus_error *e
         b->manager = m;
         b->message = sd_bus_message_ref(message);
         b->resource = g_strdup(resource);
-        b->caller = (Peer) {
-                .name = g_strdup(caller->name),
-                .direct = caller->direct,
-                .uid = caller->uid,
-                .pid = caller->pid,
-                .comm = g_strdup(caller->comm),
-        };
+        b->caller = peer_copy(caller);
 
         r = polkit_check_async(m->bus, caller, LOCKBUS_POLKIT_ACTION_BREAK,
                                sd_bus_message_get_allow_interactive_authorization(message) > 0,

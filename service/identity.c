@@ -258,6 +258,21 @@ void peer_registry_remove_direct(PeerRegistry *r, sd_bus *connection) {
                 r->on_gone(name, r->userdata);
 }
 
+Peer peer_copy(const Peer *p) {
+        return (Peer) {
+                .name = g_strdup(p->name),
+                .direct = p->direct,
+                .uid = p->uid,
+                .pid = p->pid,
+                .comm = g_strdup(p->comm),
+        };
+}
+
+void peer_done(Peer *p) {
+        g_clear_pointer(&p->name, g_free);
+        g_clear_pointer(&p->comm, g_free);
+}
+
 sd_bus *peer_registry_get_direct_connection(const PeerRegistry *r, const char *name) {
         const PeerEntry *e;
 

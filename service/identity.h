@@ -31,6 +31,11 @@ typedef struct Peer {
         char *comm;             /* may be "" */
 } Peer;
 
+/* A copy of a peer that outlives the registry's entry (for calls answered
+ * later); peer_done() frees its strings. */
+Peer peer_copy(const Peer *p);
+void peer_done(Peer *p);
+
 typedef void (*PeerGoneHandler)(const char *name, void *userdata);
 
 int peer_registry_new(sd_bus *bus, PeerGoneHandler on_gone, void *userdata, PeerRegistry **ret);

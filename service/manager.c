@@ -48,13 +48,7 @@ AcquireRequest *acquire_request_new(const Peer *caller, const char *resource) {
         req->mode = LOCK_MODE_EXCLUSIVE;
         req->scope = HOLD_SCOPE_CONNECTION;
         req->description = g_strdup("");
-        req->caller = (Peer) {
-                .name = g_strdup(caller->name),
-                .direct = caller->direct,
-                .uid = caller->uid,
-                .pid = caller->pid,
-                .comm = g_strdup(caller->comm),
-        };
+        req->caller = peer_copy(caller);
         return req;
 }
 
@@ -64,8 +58,7 @@ AcquireRequest *acquire_request_free(AcquireRequest *req) {
         sd_event_source_disable_unref(req->timeout_source);
         g_free(req->resource);
         g_free(req->description);
-        g_free(req->caller.name);
-        g_free(req->caller.comm);
+        peer_done(&req->caller);
         g_free(req);
         return NULL;
 }
@@ -317,16 +310,15 @@ static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
         return h;
 }
 
-int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what) {
-        _cleanup_(hold_freep) Hold *h = hold;
+/* What ends a new hold: the pipe of an fd hold (the caller's end in
+ * *ret_write_fd, else -1) and its TTL timer. */
+static int hold_setup_ends(Manager *m, Hold *h, int *ret_write_fd) {
         _cleanup_close_ int write_fd = -1;
         int r;
 
         if (h->scope == HOLD_SCOPE_FD) {
                 int fds[2];
 
-                if (!ret_write_fd)
-                        return -EINVAL;
                 if (pipe2(fds, O_CLOEXEC) < 0)
                         return -errno;
                 write_fd = fds[1];
@@ -336,6 +328,21 @@ int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *wha
         }
 
         r = hold_arm_expiry(m, h);
+        if (r < 0)
+                return r;
+
+        *ret_write_fd = TAKE_FD(write_fd);
+        return 0;
+}
+
+int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what) {
+        _cleanup_(hold_freep) Hold *h = hold;
+        _cleanup_close_ int write_fd = -1;
+        int r;
+
+        if (h->scope == HOLD_SCOPE_FD && !ret_write_fd)
+                return -EINVAL;
+        r = hold_setup_ends(m, h, &write_fd);
         if (r < 0)
                 return r;
 
@@ -443,24 +450,9 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
                 return acquire_request_fail_storage(req, r, store_lock_directory(m->store));
         }
 
-        if (h->scope == HOLD_SCOPE_FD) {
-                int fds[2];
-
-                if (pipe2(fds, O_CLOEXEC) < 0) {
-                        r = log_error_errno(errno, "Failed to create the pipe for an fd hold on '%s': %m", h->resource);
-                        return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
-                }
-                write_fd = fds[1];
-                r = hold_watch_fd(m, h, fds[0]);
-                if (r < 0) {
-                        log_error_errno(r, "Failed to watch the fd hold on '%s': %m", h->resource);
-                        return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
-                }
-        }
-
-        r = hold_arm_expiry(m, h);
+        r = hold_setup_ends(m, h, &write_fd);
         if (r < 0) {
-                log_error_errno(r, "Failed to arm the TTL timer for '%s': %m", h->resource);
+                log_error_errno(r, "Failed to set up the fd pipe or TTL timer of the hold on '%s': %m", h->resource);
                 return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));
         }
 
@@ -562,8 +554,11 @@ static bool manager_over_quota(Manager *m, const AcquireRequest *req, bool waiti
         if (req->caller.uid == 0)
                 return false;
 
-        /* Waiters count against the hold quota too: each may become a hold. */
+        /* Waiters count against the hold quota too: each may become a hold.
+         * In cluster mode they wait in etcd: the requests under way count. */
         u = lock_table_uid_usage(m->table, req->caller.uid);
+        if (m->cluster)
+                u.n_waiters += cluster_backend_pending_count_of_uid(m->cluster, req->caller.uid);
         if (u.n_holds + u.n_waiters >= m->max_locks_per_user)
                 return true;
         return waiting && u.n_waiters >= m->max_waiters_per_user;
@@ -572,14 +567,8 @@ static bool manager_over_quota(Manager *m, const AcquireRequest *req, bool waiti
 /* Cluster mode: etcd decides, and a request waits there. The quotas count
  * this daemon's holds and requests under way. */
 static void manager_submit_to_cluster(Manager *m, AcquireRequest *req) {
-        if (req->caller.uid != 0) {
-                UidUsage u = lock_table_uid_usage(m->table, req->caller.uid);
-                unsigned pending = cluster_backend_pending_count_of_uid(m->cluster, req->caller.uid);
-
-                if (u.n_holds + pending >= m->max_locks_per_user ||
-                    (req->timeout_usec > 0 && pending >= m->max_waiters_per_user))
-                        return acquire_request_complete(req, -EDQUOT, NULL, -1);
-        }
+        if (manager_over_quota(m, req, req->timeout_usec > 0))
+                return acquire_request_complete(req, -EDQUOT, NULL, -1);
         if ((req->scope == HOLD_SCOPE_FD || req->timeout_usec > 0) && manager_cancel_idle_exit(m) < 0)
                 return acquire_request_complete(req, -ESHUTDOWN, NULL, -1);
 
