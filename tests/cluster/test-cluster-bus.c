@@ -618,6 +618,48 @@ static void test_ttl_refresh(ClusterFixture *f, gconstpointer data) {
         test_unlock_ok(f->b.client, "ttl");
 }
 
+static const char *const quota_args[] = { "--max-locks-per-user=2", "--max-waiters-per-user=1", NULL };
+
+/* Quotas in cluster mode: a uid's holds and its requests under way in etcd
+ * count, per daemon; root is never limited. */
+static void test_quota(ClusterFixture *f, gconstpointer data) {
+        g_autoptr(TestClient) on_a = NULL;
+        g_autofree char *expected = NULL, *reply = NULL;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        if (test_skip_unless_root())
+                return;
+
+        (void) test_lock_ok(f->b.client, "busy");
+        on_a = test_client_start(f->a.bus, TEST_OTHER_UID, OTHER_COMM, test_client_serve, NULL);
+
+        /* One hold, one waiter: the waiter quota (1) is used up. */
+        (void) test_client_command_ok(on_a, "Acquire q1");
+        (void) test_client_command_ok(on_a, "Start w busy timeout=max");
+        cluster_wait_keys(f, "busy", 2);
+
+        expected = g_strdup_printf("error " LOCKBUS_ERROR_QUOTA_EXCEEDED ": Resource 'q2' not granted: uid %u is "
+                                   "at its limit of 2 locks and 1 waiting calls", (unsigned) TEST_OTHER_UID);
+        assert_client_command(on_a, expected, "Acquire q2 timeout=max");
+        /* And holds plus waiting calls reach the lock quota (2). */
+        g_clear_pointer(&expected, g_free);
+        expected = g_strdup_printf("error " LOCKBUS_ERROR_QUOTA_EXCEEDED ": Resource 'q3' not granted: uid %u is "
+                                   "at its limit of 2 locks and 1 waiting calls", (unsigned) TEST_OTHER_UID);
+        assert_client_command(on_a, expected, "Acquire q3");
+
+        /* Root is never limited. */
+        (void) test_acquire_ok(f->a.client, "r1", NULL);
+        (void) test_acquire_ok(f->a.client, "r2", NULL);
+        (void) test_acquire_ok(f->a.client, "r3", NULL);
+
+        /* The waiter is granted when B lets go; then a slot is free again. */
+        test_unlock_ok(f->b.client, "busy");
+        reply = test_client_wait_reply(on_a, "w");
+        g_assert_true(g_str_has_prefix(reply, "ok "));
+        assert_client_command(on_a, "ok", "Unlock busy");
+        (void) test_client_command_ok(on_a, "Acquire q3");
+}
+
 static const char *const idle_args[] = { "--idle-timeout=1", NULL };
 
 /* Exit on idle in cluster mode: a persistent hold does not keep A's daemon
@@ -673,6 +715,7 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/reentry/refused", test_not_reentrant);
         cluster_test_add("/cluster/non-root/across-hosts", test_non_root);
         cluster_test_add("/cluster/break/other-host", test_break_other_host);
+        cluster_test_add_with_args("/cluster/quota/per-daemon", quota_args, test_quota);
         cluster_test_add_with_args("/cluster/idle/exit-and-activation", idle_args, test_idle_exit);
 
         return cluster_test_run();
