@@ -7,6 +7,7 @@
 #include "cluster-locks.h"
 #include "etcd.h"
 #include "log.h"
+#include "store.h"
 
 /* How long a start waits for etcd before serving anyway (calls then fail
  * with a Storage error until etcd answers), and a clean exit for the
@@ -21,6 +22,7 @@ struct ClusterBackend {
         char *where;                    /* "etcd (URL, …)" */
         char *machine_id;
         GHashTable *pending;            /* Pending * (owned) */
+        GHashTable *pending_per_uid;    /* uid → how many of pending are its (quotas) */
         /* Unlocks under way, by "SENDER\nRESOURCE": the requests of that
          * caller for that resource that came after the Unlock wait for it
          * (GQueue of AcquireRequest *), so that a caller's calls are served
@@ -31,6 +33,7 @@ struct ClusterBackend {
         bool start_done;                /* the first lease and the adoption finished, or failed */
         unsigned n_moving;              /* connection holds being moved onto our lease at start */
         bool listed;                    /* the adoption's list was gone through */
+        GHashTable *records;            /* at start: token → Hold * (owned) recorded by an earlier run */
         GPtrArray *lost_at_start;       /* Hold * (owned): told LockLost once the bus is served */
         GPtrArray *moves;               /* MoveCall * (owned) under way */
         sd_event_source *lost_defer;
@@ -112,10 +115,122 @@ static Hold *hold_from_entry(ClusterBackend *b, const ClusterEntry *e) {
         return h;
 }
 
+/* ---- records of connection holds ------------------------------------------ */
+
+/* Every connection hold of this daemon is also a file in the runtime
+ * directory, as in directory mode. etcd forgets a key when its lease
+ * expires; the file is how the next daemon on this machine, back after
+ * that, learns whom to tell (the holder may still be connected). */
+static void record_hold(ClusterBackend *b, const Hold *h) {
+        int r;
+
+        if (h->scope != HOLD_SCOPE_CONNECTION)
+                return;
+        r = store_save_hold(b->manager->store, h);
+        if (r < 0)
+                log_warning_errno(r, "Failed to record the hold on '%s' in %s, its holder is not told if this "
+                                  "daemon dies and is back only after its lease expired: %m", h->resource,
+                                  store_runtime_directory(b->manager->store));
+}
+
+static void unrecord_hold(ClusterBackend *b, const Hold *h) {
+        int r;
+
+        if (h->scope != HOLD_SCOPE_CONNECTION)
+                return;
+        r = store_remove_hold(b->manager->store, h);
+        if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "Failed to remove the record of the hold on '%s' from %s, ignoring: %m",
+                                  h->resource, store_runtime_directory(b->manager->store));
+}
+
+/* Every hold of this daemon leaves the table here (or through
+ * cluster_backend_forget()). */
+static void drop_hold(ClusterBackend *b, Hold *h, const char *reason) {
+        unrecord_hold(b, h);
+        manager_drop_hold(b->manager, h, reason);
+}
+
+/* A connection hold of an earlier run that did not come back (takes
+ * old): its record goes, and its holder, if still on this bus, is told
+ * LockLost once the bus is served. */
+static void lost_at_start(ClusterBackend *b, Hold *old) {
+        const char *sender = strempty(old->sender);
+        int r = 0;
+
+        unrecord_hold(b, old);
+        if (old->bus_id && streq(old->bus_id, b->manager->bus_id))
+                r = peer_registry_watch(b->manager->peers, sender);
+        if (r <= 0) {
+                hold_free(old);
+                return;
+        }
+
+        log_notice("The hold of %s on '%s' (token %" PRIu64 ") ended with the etcd lease of an earlier run of "
+                   "this daemon, telling it.", sender, old->resource, old->token);
+        if (!b->lost_at_start)
+                b->lost_at_start = g_ptr_array_new_with_free_func(hold_destroy);
+        g_ptr_array_add(b->lost_at_start, old);
+}
+
+/* The records an earlier run left: connection holds only (a directory
+ * mode run may have left persistent and fd holds; they are not ours). */
+static void load_records(ClusterBackend *b) {
+        g_autoptr(GPtrArray) holds = NULL;
+        int r;
+
+        b->records = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, hold_destroy);
+        r = store_load_holds(b->manager->store, &holds);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to read the records of connection holds in %s, the holders of "
+                                  "those lost meanwhile are not told: %m", store_runtime_directory(b->manager->store));
+                return;
+        }
+        for (guint i = 0; i < holds->len; i++) {
+                Hold *h = holds->pdata[i];
+
+                if (h->scope == HOLD_SCOPE_CONNECTION)
+                        g_hash_table_replace(b->records, &h->token, g_steal_pointer(&holds->pdata[i]));
+        }
+}
+
+/* After the adoption's list: what is still recorded had no key left. */
+static void settle_records(ClusterBackend *b) {
+        GHashTableIter iter;
+        gpointer h;
+
+        g_hash_table_iter_init(&iter, b->records);
+        while (g_hash_table_iter_next(&iter, NULL, &h)) {
+                g_hash_table_iter_steal(&iter);
+                lost_at_start(b, h);
+        }
+        g_clear_pointer(&b->records, g_hash_table_destroy);
+}
+
 /* ---- acquire ------------------------------------------------------------- */
 
 static void pending_free(Pending *p) {
         g_free(p);
+}
+
+static void pending_count_uid(ClusterBackend *b, uid_t uid, int delta) {
+        unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(b->pending_per_uid, GUINT_TO_POINTER(uid))) + delta;
+
+        if (n == 0)
+                g_hash_table_remove(b->pending_per_uid, GUINT_TO_POINTER(uid));
+        else
+                g_hash_table_insert(b->pending_per_uid, GUINT_TO_POINTER(uid), GUINT_TO_POINTER(n));
+}
+
+static void pending_add(ClusterBackend *b, Pending *p) {
+        g_hash_table_add(b->pending, p);
+        pending_count_uid(b, p->req->caller.uid, +1);
+}
+
+/* Frees p; its request is the caller's to answer. */
+static void pending_remove(ClusterBackend *b, Pending *p) {
+        pending_count_uid(b, p->req->caller.uid, -1);
+        g_hash_table_remove(b->pending, p);
 }
 
 static void answer_etcd_failure(ClusterBackend *b, AcquireRequest *req, int error, const char *message) {
@@ -136,7 +251,7 @@ static void on_acquired(ClusterAcquire *a, int error, const char *error_message,
         Hold *h;
         int r;
 
-        g_hash_table_remove(b->pending, p);
+        pending_remove(b, p);
 
         switch (error) {
         case 0:
@@ -152,6 +267,7 @@ static void on_acquired(ClusterAcquire *a, int error, const char *error_message,
                         (void) cluster_locks_release(b->locks, cluster_hold, NULL, NULL);
                         return answer_etcd_failure(b, req, r, "the grant could not be set up here");
                 }
+                record_hold(b, h);
                 req->granted_token = h->token;
                 return manager_answer_request(req, 0, NULL, write_fd);
 
@@ -205,7 +321,7 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
                 pending_free(p);
                 return answer_etcd_failure(b, req, r, r == -ENOTCONN ? "no lease: etcd has not answered yet" : NULL);
         }
-        g_hash_table_add(b->pending, p);
+        pending_add(b, p);
 }
 
 void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
@@ -224,7 +340,7 @@ void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
 
                 /* Its key goes in the background; nobody is left to answer. */
                 cluster_acquire_cancel(pending->acquire);
-                g_hash_table_remove(b->pending, pending);
+                pending_remove(b, pending);
                 manager_answer_request(req, -ECONNRESET, NULL, -1);
         }
 
@@ -251,15 +367,7 @@ unsigned cluster_backend_pending_count(const ClusterBackend *b) {
 }
 
 unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid) {
-        GHashTableIter iter;
-        unsigned n = 0;
-        gpointer p;
-
-        g_hash_table_iter_init(&iter, b->pending);
-        while (g_hash_table_iter_next(&iter, &p, NULL))
-                if (((Pending *) p)->req->caller.uid == uid)
-                        n++;
-        return n;
+        return GPOINTER_TO_UINT(g_hash_table_lookup(b->pending_per_uid, GUINT_TO_POINTER(uid)));
 }
 
 /* ---- holds ---------------------------------------------------------------- */
@@ -267,6 +375,7 @@ unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid
 void cluster_backend_forget(ClusterBackend *b, Hold *h) {
         ClusterHold *ch = h->cluster_hold;
 
+        unrecord_hold(b, h);
         /* NULL: an Unlock of it is under way and deletes the key. */
         if (!ch)
                 return;
@@ -284,13 +393,13 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
 
         if (error >= 0) {
                 if (h)
-                        manager_drop_hold(b->manager, h, "Released (unlocked)");
+                        drop_hold(b, h, "Released (unlocked)");
         } else if (error == -ENOENT) {
                 /* Its key was gone already: broken by another host, or
                  * removed by hand. Not the caller's any more; the caller
                  * hears who holds it now. */
                 if (h)
-                        manager_drop_hold(b->manager, h, "Released (gone from etcd)");
+                        drop_hold(b, h, "Released (gone from etcd)");
         } else if (h)
                 /* Still held: it may be unlocked again. */
                 h->cluster_hold = call->cluster_hold;
@@ -343,7 +452,7 @@ static void on_refreshed(ClusterLocks *c, int error, const char *error_message, 
                 /* Its key is gone (its own lease expired): so is the hold. */
                 h->cluster_hold = NULL;
                 manager_notify_hold_lost(b->manager, h, "lost");
-                manager_drop_hold(b->manager, h, "Released (gone from etcd)");
+                drop_hold(b, h, "Released (gone from etcd)");
         } else if (error >= 0 && h) {
                 int r = manager_hold_set_expiry(b->manager, h, expires_usec);
 
@@ -406,7 +515,7 @@ static void on_broken_one(ClusterLocks *c, int error, const char *error_message,
                 if (h) {
                         h->cluster_hold = NULL;
                         manager_notify_hold_lost(b->manager, h, "broken");
-                        manager_drop_hold(b->manager, h, "Released (broken)");
+                        drop_hold(b, h, "Released (broken)");
                 }
                 if (error >= 0)
                         call->n_released++;
@@ -546,7 +655,7 @@ static void on_lease_lost(ClusterLocks *c, ClusterHold * const *holds, size_t n,
                         continue;
                 h->cluster_hold = NULL;
                 manager_notify_hold_lost(b->manager, h, "lost");
-                manager_drop_hold(b->manager, h, "Lost (etcd lease expired)");
+                drop_hold(b, h, "Lost (etcd lease expired)");
         }
 }
 
@@ -562,7 +671,7 @@ static void on_hold_removed(ClusterLocks *c, ClusterHold *ch, void *userdata) {
                     h->resource, h->token, b->where);
         h->cluster_hold = NULL;
         manager_notify_hold_lost(b->manager, h, "broken");
-        manager_drop_hold(b->manager, h, "Released (removed from etcd)");
+        drop_hold(b, h, "Released (removed from etcd)");
 }
 
 static int on_lost_defer(sd_event_source *s, void *userdata) {
@@ -616,17 +725,14 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
         g_assert(b->n_moving > 0);
         b->n_moving--;
 
-        if (error == -ENOENT) {
+        if (error == -ENOENT)
                 /* Its old lease expired first: another host may hold it now. */
-                log_notice("The hold of %s on '%s' (token %" PRIu64 ") expired before this daemon took it back, "
-                           "telling it.", strempty(old->sender), old->resource, old->token);
-                if (!b->lost_at_start)
-                        b->lost_at_start = g_ptr_array_new_with_free_func(hold_destroy);
-                g_ptr_array_add(b->lost_at_start, TAKE_PTR(old));
-        } else if (error < 0)
+                lost_at_start(b, TAKE_PTR(old));
+        else if (error < 0) {
                 log_warning_errno(error, "Failed to take back the hold on '%s' from %s, it ends with its old "
                                   "lease: %s", old->resource, b->where, error_message ?: strerror(-error));
-        else {
+                lost_at_start(b, TAKE_PTR(old));
+        } else {
                 const ClusterEntry *e = cluster_hold_get_entry(ch);
 
                 r = peer_registry_watch(b->manager->peers, e->sender);
@@ -634,6 +740,7 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
                         /* It left while the key was being moved. */
                         log_notice("%s left while its hold on '%s' was taken back, releasing it.", e->sender,
                                    e->resource);
+                        unrecord_hold(b, old);
                         (void) cluster_locks_release(c, ch, NULL, NULL);
                 } else {
                         h = hold_from_entry(b, e);
@@ -644,7 +751,9 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
                                 log_warning_errno(r, "Failed to take back the hold on '%s', releasing it: %m",
                                                   old->resource);
                                 (void) cluster_locks_release(c, ch, NULL, NULL);
-                        }
+                                lost_at_start(b, TAKE_PTR(old));
+                        } else
+                                record_hold(b, h);
                 }
         }
         adopt_check_done(b);
@@ -687,6 +796,8 @@ static void adopt_connection_hold(ClusterBackend *b, const ClusterEntry *e) {
 
         log_notice("Dropping hold on '%s' (token %" PRIu64 ", uid " UID_FMT ", %s): %s.", e->resource, e->token,
                    e->uid, strempty(e->sender), drop);
+        /* Told if it is on this bus after all (its move failed). */
+        lost_at_start(b, hold_from_entry(b, e));
         r = cluster_locks_adopt(b->locks, e, &ch);
         if (r >= 0)
                 r = cluster_locks_release(b->locks, ch, NULL, NULL);
@@ -727,6 +838,9 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                         continue;
                 }
                 if (e->scope == HOLD_SCOPE_CONNECTION) {
+                        /* Its key is there: not lost meanwhile. */
+                        if (b->records)
+                                g_hash_table_remove(b->records, &e->token);
                         adopt_connection_hold(b, e);
                         continue;
                 }
@@ -748,6 +862,7 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
         }
         log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back, %u connection "
                  "hold(s) being checked, %u fd hold(s) left to their lease.", b->where, adopted, b->n_moving, n_fd);
+        settle_records(b);
         b->listed = true;
         adopt_check_done(b);
 }
@@ -796,6 +911,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         b->manager = m;
         b->machine_id = g_strdup(config->machine_id);
         b->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, (GDestroyNotify) pending_free, NULL);
+        b->pending_per_uid = g_hash_table_new(g_direct_hash, g_direct_equal);
         b->unlocking = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         b->moves = g_ptr_array_new_with_free_func((GDestroyNotify) move_call_free);
         list = g_strjoinv(", ", config->endpoints);
@@ -811,6 +927,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
                 log_error_errno(r, "Failed to set up cluster locks under '%s': %m", config->prefix);
                 goto fail;
         }
+        load_records(b);
         r = cluster_locks_start(b->locks, &callbacks, b);
         if (r < 0) {
                 log_error_errno(r, "Failed to start the etcd lease: %m");
@@ -845,13 +962,19 @@ void cluster_backend_stop(ClusterBackend *b) {
         if (!b || !b->locks)
                 return;
 
-        /* The handles of the holds on the lease go with it. */
+        /* The holds on the lease go with it: their handles here, and
+         * their holders are told (an fd hold's pipe closes with us). */
         holds = lock_table_list(b->manager->table);
         for (guint i = 0; i < holds->len; i++) {
                 Hold *h = holds->pdata[i];
 
-                if (!hold_is_persistent(h))
-                        h->cluster_hold = NULL;
+                if (hold_is_persistent(h))
+                        continue;
+                h->cluster_hold = NULL;
+                if (h->scope == HOLD_SCOPE_CONNECTION) {
+                        manager_notify_hold_lost(b->manager, h, "lost");
+                        unrecord_hold(b, h);
+                }
         }
         if (cluster_locks_stop(b->locks, on_stopped, b) < 0)
                 return;
@@ -886,9 +1009,11 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
         b->locks = cluster_locks_free(b->locks);
         b->etcd = etcd_client_free(b->etcd);
         g_hash_table_destroy(b->pending);
+        g_hash_table_destroy(b->pending_per_uid);
         g_ptr_array_unref(b->moves);
         b->lost_defer = sd_event_source_disable_unref(b->lost_defer);
         g_clear_pointer(&b->lost_at_start, g_ptr_array_unref);
+        g_clear_pointer(&b->records, g_hash_table_destroy);
         g_free(b->where);
         g_free(b->machine_id);
         g_free(b);

@@ -17,8 +17,10 @@
  * to reach etcd is a Storage error that names etcd; at start the daemon
  * takes back this machine's persistent holds, and the connection holds of
  * an earlier daemon of this machine whose holder is still on the same bus
- * (moved onto the new lease; those whose holder left are deleted at once);
- * fd holds end with the old lease. */
+ * (moved onto the new lease; those whose holder left are deleted at once;
+ * those whose key expired meanwhile are told LockLost, from the record
+ * each connection hold leaves in the runtime directory); fd holds end with
+ * the old lease; a clean stop revokes the lease and tells the holders. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -52,7 +54,9 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
 ClusterBackend *cluster_backend_free(ClusterBackend *b);
 
 /* A clean exit: revokes the lease (the connection and fd holds of this
- * daemon end at once, not after the TTL), waiting for etcd a short while. */
+ * daemon end at once, not after the TTL; the holders of connection holds
+ * are told LockLost "lost"), running the event loop until etcd answers or
+ * a short while passed. */
 void cluster_backend_stop(ClusterBackend *b);
 
 /* "etcd (http://…, …)", for messages. */

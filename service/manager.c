@@ -1014,7 +1014,8 @@ static int on_name_released(sd_bus_message *reply, void *userdata, sd_bus_error 
          * reply and has been answered. */
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
         log_info("Idle: released %s, exiting.", LOCKBUS_BUS_NAME);
-        return sd_event_exit(m->event, 0);
+        m->stop_requested = true;
+        return 0;
 }
 
 static int manager_start_idle_exit(Manager *m) {
@@ -1057,7 +1058,7 @@ static int manager_loop(Manager *m) {
                 r = sd_event_get_state(m->event);
                 if (r < 0)
                         return r;
-                if (r == SD_EVENT_FINISHED)
+                if (r == SD_EVENT_FINISHED || m->stop_requested)
                         break;
 
                 /* Anything left dirty (a release, a drop at start) is
@@ -1082,6 +1083,13 @@ static int manager_loop(Manager *m) {
         return r;
 }
 
+static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        m->stop_requested = true;
+        return 0;
+}
+
 int manager_run(Manager *m) {
         g_autofree char *direct_path = NULL;
         sigset_t mask;
@@ -1093,10 +1101,9 @@ int manager_run(Manager *m) {
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals: %m");
 
-        /* A NULL handler makes the loop exit on the signal. */
-        r = sd_event_add_signal(m->event, NULL, SIGTERM, NULL, NULL);
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_stop_signal, m);
         if (r >= 0)
-                r = sd_event_add_signal(m->event, NULL, SIGINT, NULL, NULL);
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_stop_signal, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch SIGTERM/SIGINT: %m");
 

@@ -80,6 +80,9 @@ typedef struct Manager {
 
         /* Set once the bus name was released for an idle exit. */
         bool exiting;
+        /* The loop ends (SIGTERM, SIGINT, an idle exit), leaving the event
+         * loop usable for the cluster backend's goodbye to etcd. */
+        bool stop_requested;
         sd_bus_slot *release_name_slot;
 } Manager;
 

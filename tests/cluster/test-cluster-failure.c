@@ -5,7 +5,9 @@
  * the lease TTL and the other host's waiter is served), a lockbusd killed
  * and started again (a connection hold whose holder is still connected
  * stays, with its token, past the old lease; one whose holder left is
- * deleted at once), one etcd member
+ * deleted at once; one whose lease expired first is told LockLost by the
+ * next daemon), a lockbusd stopped with SIGTERM (its lease revoked, the
+ * holder told), one etcd member
  * killed (locking goes on, leases stay), and every member killed (Lock
  * fails with Storage naming etcd and its endpoints, never a grant; the
  * holds on the lost lease are dropped and their holder told).
@@ -29,6 +31,24 @@ static char *locked_on_host_message(const char *resource, uid_t uid, pid_t pid, 
                                     const char *host) {
         return g_strdup_printf("Resource '%s' already locked by uid %u (pid %d, %s) on host %s", resource,
                                (unsigned) uid, (int) pid, comm, host);
+}
+
+/* LockLost signals received on a connection, as "RESOURCE TOKEN REASON". */
+typedef struct LostSignals {
+        GPtrArray *lines;
+        unsigned wanted;
+        bool done;
+} LostSignals;
+
+static int on_lock_lost(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        LostSignals *l = userdata;
+        const char *resource, *reason;
+        uint64_t token;
+
+        g_assert_cmpint(sd_bus_message_read(m, "sts", &resource, &token, &reason), >, 0);
+        g_ptr_array_add(l->lines, g_strdup_printf("%s %" PRIu64 " %s", resource, token, reason));
+        l->done = l->lines->len >= l->wanted;
+        return 0;
 }
 
 /* lockbusd of host A killed (kill -9): its connection hold goes after the
@@ -166,6 +186,106 @@ static void test_daemon_restarted_holder_gone(ClusterFixture *f, gconstpointer d
 
 static const char *const long_lease[] = { "--etcd-lease-ttl=60", NULL };
 
+/* The hold files ("RESOURCE@TOKEN") of a resource in h's runtime
+ * directory: in cluster mode, the records of its connection holds. */
+static unsigned count_records(ClusterHost *h, const char *resource) {
+        g_autoptr(GPtrArray) files = test_list_tree(h->bus->runtime_dir, NULL);
+        g_autofree char *prefix = g_strconcat(resource, "@", NULL);
+        unsigned n = 0;
+
+        for (guint i = 0; i < files->len; i++)
+                n += g_str_has_prefix(files->pdata[i], prefix);
+        return n;
+}
+
+/* lockbusd of host A killed, and back only after its lease expired (B's
+ * waiter was granted the connection hold meanwhile), while the hold's
+ * holder is still connected: the new daemon tells the holder (LockLost,
+ * reason "lost") from the record the hold left in A's runtime directory,
+ * and removes that record. */
+static void test_daemon_back_after_lease(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(GPtrArray) on_a = NULL;
+        g_autoptr(TestCall) waiter = NULL;
+        g_autofree char *expected = NULL, *sender_b = NULL;
+        LostSignals signals = { .lines = lines, .wanted = 1 };
+        uint64_t t, t_waiter;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                            "LockLost", on_lock_lost, &signals), >=, 0);
+
+        t = test_acquire_ok(a1, "late", NULL);
+        g_assert_cmpuint(count_records(&f->a, "late"), ==, 1);
+
+        waiter = test_acquire_async(f->b.client, "late", WAIT_FOREVER);
+        cluster_wait_keys(f, "late", 2);
+        test_bus_kill_daemon(f->a.bus);
+
+        /* The old lease expired: B has it. */
+        t_waiter = test_call_wait_token(waiter);
+        g_assert_cmpuint(t_waiter, >, t);
+
+        cluster_host_start_daemon(f, &f->a);
+        test_bus_process_until(a1, &signals.done, -1, "LockLost for the hold that expired while A was down");
+        expected = g_strdup_printf("late %" PRIu64 " lost", t);
+        g_assert_cmpuint(lines->len, ==, 1);
+        g_assert_cmpstr(lines->pdata[0], ==, expected);
+
+        /* A shows B's hold only, and keeps no record of a1's. */
+        sender_b = cluster_sender(&f->b, f->b.client);
+        on_a = test_list_locks_ok(f->a.client);
+        g_assert_cmpuint(on_a->len, ==, 1);
+        assert_holder(on_a->pdata[0], geteuid(), getpid(), f->comm, sender_b, t_waiter, "connection");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 0);
+        g_assert_cmpuint(count_records(&f->a, "late"), ==, 0);
+
+        test_unlock_ok(f->b.client, "late");
+}
+
+/* lockbusd of host A stopped cleanly (SIGTERM, systemctl stop): it revokes
+ * its lease, so B's waiter is granted at once (the lease TTL is 60 s
+ * here), and tells the holder of the connection hold it ended (LockLost,
+ * reason "lost"). */
+static void test_daemon_stopped(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(TestCall) waiter = NULL;
+        g_autofree char *expected = NULL;
+        LostSignals signals = { .lines = lines, .wanted = 1 };
+        uint64_t t, t_waiter;
+        int status;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                            "LockLost", on_lock_lost, &signals), >=, 0);
+
+        t = test_acquire_ok(a1, "stopped", NULL);
+        waiter = test_acquire_async(f->b.client, "stopped", WAIT_FOREVER);
+        cluster_wait_keys(f, "stopped", 2);
+
+        g_assert_cmpint(f->a.bus->daemon_pid, >, 0);
+        g_assert_cmpint(kill(f->a.bus->daemon_pid, SIGTERM), ==, 0);
+        status = test_waitpid(f->a.bus->daemon_pid, 0);
+        f->a.bus->daemon_pid = 0;
+        g_assert_true(WIFEXITED(status));
+        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+
+        test_bus_process_until(a1, &signals.done, -1, "LockLost for the hold of the stopped daemon");
+        expected = g_strdup_printf("stopped %" PRIu64 " lost", t);
+        g_assert_cmpuint(lines->len, ==, 1);
+        g_assert_cmpstr(lines->pdata[0], ==, expected);
+
+        t_waiter = test_call_wait_token(waiter);
+        g_assert_cmpuint(t_waiter, >, t);
+        test_unlock_ok(f->b.client, "stopped");
+}
+
 /* Breaks the program's cluster: one member killed. Locking goes on through
  * the others, and the daemons' leases stay (a hold outlives the TTL: a
  * waiter with a longer timeout times out). */
@@ -217,24 +337,6 @@ static void test_member_killed(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpuint(test_now_monotonic() - started, >=, CLUSTER_LEASE_TTL_USEC * 3 / 2);
         sd_bus_error_free(&error);
         test_unlock_ok(f->a.client, "keep");
-}
-
-/* LockLost signals received on a connection, as "RESOURCE TOKEN REASON". */
-typedef struct LostSignals {
-        GPtrArray *lines;
-        unsigned wanted;
-        bool done;
-} LostSignals;
-
-static int on_lock_lost(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        LostSignals *l = userdata;
-        const char *resource, *reason;
-        uint64_t token;
-
-        g_assert_cmpint(sd_bus_message_read(m, "sts", &resource, &token, &reason), >, 0);
-        g_ptr_array_add(l->lines, g_strdup_printf("%s %" PRIu64 " %s", resource, token, reason));
-        l->done = l->lines->len >= l->wanted;
-        return 0;
 }
 
 static void assert_storage_error(int r, const sd_bus_error *error, EtcdCluster *etcd, const char *what) {
@@ -334,6 +436,8 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/failure/daemon-restarted", test_daemon_restarted);
         cluster_test_add_with_args("/cluster/failure/daemon-restarted-holder-gone", long_lease,
                                    test_daemon_restarted_holder_gone);
+        cluster_test_add("/cluster/failure/daemon-back-after-lease", test_daemon_back_after_lease);
+        cluster_test_add_with_args("/cluster/failure/daemon-stopped", long_lease, test_daemon_stopped);
         cluster_test_add("/cluster/failure/etcd-member-killed", test_member_killed);
         cluster_test_add("/cluster/failure/etcd-all-killed", test_all_members_killed);
 
