@@ -7,7 +7,8 @@
  * stays, with its token, past the old lease; one whose holder left is
  * deleted at once; one whose lease expired first is told LockLost by the
  * next daemon), a lockbusd stopped with SIGTERM (its lease revoked, the
- * holder told), one etcd member
+ * holder told), a grant etcd made that the daemon cannot set up (no fd
+ * for the pipe: refused with Storage, the key deleted), one etcd member
  * killed (locking goes on, leases stay), and every member killed (Lock
  * fails with Storage naming etcd and its endpoints, never a grant; the
  * holds on the lost lease are dropped and their holder told).
@@ -19,8 +20,10 @@
  * timeout), a NameOwnerChanged or keys in etcd; where time is the subject
  * the clock is read after the event. */
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cluster-test.h"
@@ -286,6 +289,65 @@ static void test_daemon_stopped(ClusterFixture *f, gconstpointer data) {
         test_unlock_ok(f->b.client, "stopped");
 }
 
+/* How many fds process pid has open now. */
+static unsigned count_open_fds(pid_t pid) {
+        g_autofree char *path = g_strdup_printf("/proc/%d/fd", (int) pid);
+        g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+        unsigned n = 0;
+
+        g_assert_nonnull(dir);
+        while (g_dir_read_name(dir))
+                n++;
+        return n;
+}
+
+static void set_fd_limit(pid_t pid, rlim_t soft) {
+        struct rlimit old, new;
+
+        g_assert_cmpint(prlimit(pid, RLIMIT_NOFILE, NULL, &old), ==, 0);
+        new = (struct rlimit) { .rlim_cur = soft, .rlim_max = old.rlim_max };
+        g_assert_cmpint(prlimit(pid, RLIMIT_NOFILE, &new, NULL), ==, 0);
+}
+
+/* etcd granted a request the daemon cannot set up (no fd left for an fd
+ * hold's pipe): the caller gets Storage naming the resource and etcd, the
+ * key is deleted (nobody holds it, on either host), and once fds are
+ * there again the same request is granted. */
+static void test_grant_not_set_up(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_close_ int fd = -1;
+        pid_t pid = f->a.bus->daemon_pid;
+        uint64_t token = 0, t;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        g_assert_cmpint(pid, >, 0);
+
+        /* The daemon's connections to etcd are open and idle now. */
+        t = test_lock_ok(f->a.client, "warm");
+        test_unlock_ok(f->a.client, "warm");
+
+        /* One fd to spare: a pipe needs two. */
+        set_fd_limit(pid, count_open_fds(pid) + 1);
+        r = test_acquire_fd(f->a.client, "nofd", NULL, &fd, &token, &error);
+        set_fd_limit(pid, 1024);
+        g_test_message("AcquireFd without fds to spare: %s: %s", strempty(error.name), strempty(error.message));
+        assert_call_error(r, &error, LOCKBUS_ERROR_STORAGE, NULL);
+        g_assert_nonnull(strstr(error.message, "'nofd'"));
+        g_assert_nonnull(strstr(error.message, "etcd"));
+        g_assert_cmpint(fd, <, 0);
+        sd_bus_error_free(&error);
+
+        cluster_wait_keys(f, "nofd", 0);
+        test_assert_not_locked(f->a.client, "nofd");
+        test_assert_not_locked(f->b.client, "nofd");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 0);
+
+        fd = test_acquire_fd_ok(f->a.client, "nofd", NULL, &token);
+        g_assert_cmpuint(token, >, t);
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+}
+
 /* Breaks the program's cluster: one member killed. Locking goes on through
  * the others, and the daemons' leases stay (a hold outlives the TTL: a
  * waiter with a longer timeout times out). */
@@ -438,6 +500,7 @@ int main(int argc, char *argv[]) {
                                    test_daemon_restarted_holder_gone);
         cluster_test_add("/cluster/failure/daemon-back-after-lease", test_daemon_back_after_lease);
         cluster_test_add_with_args("/cluster/failure/daemon-stopped", long_lease, test_daemon_stopped);
+        cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
         cluster_test_add("/cluster/failure/etcd-member-killed", test_member_killed);
         cluster_test_add("/cluster/failure/etcd-all-killed", test_all_members_killed);
 
