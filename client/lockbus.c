@@ -645,11 +645,10 @@ static int strdup_to(char **ret, const char *s) {
         return *ret ? 0 : -ENOMEM;
 }
 
-/* Reads holders, each "(uusstttss)", or "(ssuusstttss)" when with_resource,
- * up to the end of the enclosing array. Without resource every holder gets
- * `resource` and `mode`. */
-static int read_holders(sd_bus_message *reply, bool with_resource, const char *resource, lockbus_mode mode,
-                        HolderArray *a) {
+/* Reads one array of holders, each "(uusstttss)", or "(ssuusstttss)" when
+ * with_resource. Without resource every holder gets `resource` and `mode`. */
+static int read_holder_items(sd_bus_message *reply, bool with_resource, const char *resource, lockbus_mode mode,
+                             HolderArray *a) {
         for (;;) {
                 const char *res = resource, *mode_str = NULL, *comm, *sender, *scope, *description;
                 uint32_t uid, pid;
@@ -693,9 +692,31 @@ static int read_holders(sd_bus_message *reply, bool with_resource, const char *r
         }
 }
 
+/* The array of holders of an Owner or ListLocks reply, handed to the
+ * caller (lockbus_holders_free()) only when all of it was read. */
+static int read_holders(sd_bus_message *reply, bool with_resource, const char *resource, lockbus_mode mode,
+                        lockbus_holder **ret_holders, size_t *ret_n) {
+        _cleanup_(holder_array_done) HolderArray a = {};
+        int r;
+
+        r = sd_bus_message_enter_container(reply, 'a', with_resource ? "(ssuusstttss)" : "(uusstttss)");
+        if (r < 0)
+                return r;
+        r = read_holder_items(reply, with_resource, resource, mode, &a);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                return r;
+
+        *ret_n = a.n;
+        *ret_holders = TAKE_PTR(a.items);
+        a = (HolderArray) {};
+        return 0;
+}
+
 _public_ int lockbus_owner(lockbus *l, const char *resource, lockbus_holder **ret_holders, size_t *ret_n) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_(holder_array_done) HolderArray a = {};
         const char *mode_str;
         lockbus_mode mode;
         int r;
@@ -713,25 +734,11 @@ _public_ int lockbus_owner(lockbus *l, const char *resource, lockbus_holder **re
         r = mode_from_string(mode_str, &mode);
         if (r < 0)
                 return r;
-        r = sd_bus_message_enter_container(reply, 'a', "(uusstttss)");
-        if (r < 0)
-                return r;
-        r = read_holders(reply, false, resource, mode, &a);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(reply);
-        if (r < 0)
-                return r;
-
-        *ret_n = a.n;
-        *ret_holders = TAKE_PTR(a.items);
-        a = (HolderArray) {};
-        return 0;
+        return read_holders(reply, false, resource, mode, ret_holders, ret_n);
 }
 
 _public_ int lockbus_list(lockbus *l, lockbus_holder **ret_holders, size_t *ret_n) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        _cleanup_(holder_array_done) HolderArray a = {};
         int r;
 
         if (!l || !ret_holders || !ret_n)
@@ -744,20 +751,7 @@ _public_ int lockbus_list(lockbus *l, lockbus_holder **ret_holders, size_t *ret_
         r = lockbus_call(l, m, 0, &reply);
         if (r < 0)
                 return r;
-        r = sd_bus_message_enter_container(reply, 'a', "(ssuusstttss)");
-        if (r < 0)
-                return r;
-        r = read_holders(reply, true, NULL, LOCKBUS_MODE_EXCLUSIVE, &a);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(reply);
-        if (r < 0)
-                return r;
-
-        *ret_n = a.n;
-        *ret_holders = TAKE_PTR(a.items);
-        a = (HolderArray) {};
-        return 0;
+        return read_holders(reply, true, NULL, LOCKBUS_MODE_EXCLUSIVE, ret_holders, ret_n);
 }
 
 /* --- Properties ------------------------------------------------------------ */

@@ -244,7 +244,10 @@ static int verb_lock(int argc, char *argv[]) {
         return 0;
 }
 
-static int verb_unlock(int argc, char *argv[]) {
+/* A call on one resource that answers nothing but success; `what` says
+ * what it does, before the resource's name ("unlock"). */
+static int call_on_resource(int (*call)(lockbus *l, const char *resource), const char *resource,
+                            const char *what) {
         _cleanup_(lockbus_unrefp) lockbus *l = NULL;
         int r;
 
@@ -252,24 +255,18 @@ static int verb_unlock(int argc, char *argv[]) {
         if (r > 0)
                 return r;
 
-        r = lockbus_unlock(l, argv[1]);
+        r = call(l, resource);
         if (r < 0)
-                return call_failed(l, r, "unlock '%s'", argv[1]);
+                return call_failed(l, r, "%s '%s'", what, resource);
         return 0;
 }
 
+static int verb_unlock(int argc, char *argv[]) {
+        return call_on_resource(lockbus_unlock, argv[1], "unlock");
+}
+
 static int verb_break(int argc, char *argv[]) {
-        _cleanup_(lockbus_unrefp) lockbus *l = NULL;
-        int r;
-
-        r = open_lockbus(&l);
-        if (r > 0)
-                return r;
-
-        r = lockbus_break(l, argv[1]);
-        if (r < 0)
-                return call_failed(l, r, "break the lock on '%s'", argv[1]);
-        return 0;
+        return call_on_resource(lockbus_break, argv[1], "break the lock on");
 }
 
 static void print_holders(const lockbus_holder *holders, size_t n) {
