@@ -67,7 +67,9 @@
  * --cacert, --cert, --key). A TLS failure (an untrusted or misnamed server
  * certificate, a client certificate refused or missing) is a transport
  * failure of that endpoint: it fails over like one, and the message names
- * the endpoint and libcurl's reason.
+ * the endpoint and libcurl's reason. Its errno is -EPROTO, or -ECONNRESET
+ * when the member's refusal comes as an alert after the handshake (etcd's
+ * answer to a missing client certificate).
  *
  * Not here: etcd's user/password authentication, discovering members
  * beyond the endpoint list, gRPC itself. */
