@@ -30,6 +30,8 @@ set -euo pipefail
 #   libjson-glib-dev                   the etcd client's JSON
 #   etcd-server                        the etcd clusters of tests/etcd
 #   etcd-client                        etcdctl (debugging the test clusters)
+#   openssl                            the certificates of the TLS etcd clusters
+#                                      (tests/etcd/etcd-test.c)
 packages=(
         meson
         ninja-build
@@ -52,6 +54,7 @@ packages=(
         libjson-glib-dev
         etcd-server
         etcd-client
+        openssl
 )
 
 check_only=false
@@ -109,7 +112,7 @@ if ! apt-get "${apt_opts[@]}" install "${missing[@]}" >"$log" 2>&1; then
 fi
 
 # Trust, but verify: the tools the scripts call must now be there.
-for tool in meson ninja gcc clang pkg-config dbus-daemon busctl gdbus scdoc setpriv flock python3; do
+for tool in meson ninja gcc clang pkg-config dbus-daemon busctl gdbus scdoc setpriv flock python3 openssl; do
         if ! command -v "$tool" >/dev/null; then
                 echo "install-deps.sh: '$tool' still missing after installing ${missing[*]}" >&2
                 exit 1

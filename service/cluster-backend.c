@@ -922,6 +922,15 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
                 log_error_errno(r, "Invalid etcd endpoints %s: %m", list);
                 goto fail;
         }
+        r = etcd_client_set_tls(b->etcd, &(EtcdTlsOptions) {
+                        .ca_file = config->ca_file,
+                        .cert_file = config->cert_file,
+                        .key_file = config->key_file,
+                });
+        if (r < 0) {
+                log_error_errno(r, "Invalid TLS files for %s (a client certificate needs its key): %m", list);
+                goto fail;
+        }
         r = cluster_locks_new(m->event, b->etcd, config->prefix, &host, config->lease_ttl_usec, &b->locks);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up cluster locks under '%s': %m", config->prefix);

@@ -45,6 +45,9 @@ typedef struct ClusterBackendConfig {
         uint64_t lease_ttl_usec;        /* of the daemon's lease */
         const char *machine_id;         /* 32 hex digits */
         const char *hostname;
+        const char *ca_file;            /* TLS files (etcd.h, EtcdTlsOptions), NULL: unset */
+        const char *cert_file;
+        const char *key_file;
 } ClusterBackendConfig;
 
 /* Connects, takes a lease and this machine's persistent holds and still

@@ -143,6 +143,9 @@ struct EtcdClient {
         size_t n_endpoints;
         size_t preferred;               /* the endpoint that answered last */
         uint64_t call_timeout_usec;
+        char *ca_file;                  /* TLS (EtcdTlsOptions), NULL: unset */
+        char *cert_file;
+        char *key_file;
         GQueue calls;                   /* EtcdCall *: running or waiting for dispatch */
         GQueue watches;                 /* EtcdWatch * */
         GQueue pending;                 /* Pending * */
@@ -1075,6 +1078,35 @@ static size_t on_write_reply(char *data, size_t size, size_t nmemb, void *userda
 
 static size_t on_write_watch(char *data, size_t size, size_t nmemb, void *userdata);
 
+static int curl_setopt_errno(CURLcode code) {
+        if (code == CURLE_OK)
+                return 0;
+        /* Anything else: this libcurl cannot do TLS as asked. */
+        return code == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EOPNOTSUPP;
+}
+
+/* https:// endpoints: verification on, whatever libcurl's defaults;
+ * then the client's files, if any. */
+static int transfer_set_tls(Transfer *t, const EtcdClient *c) {
+        int r;
+
+        r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L));
+        if (r >= 0)
+                r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L));
+        if (r >= 0 && c->ca_file) {
+                r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_CAINFO, c->ca_file));
+                /* Only that bundle: not also the system's certificate directory. */
+                if (r >= 0)
+                        r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_CAPATH, NULL));
+        }
+        if (r >= 0 && c->cert_file) {
+                r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_SSLCERT, c->cert_file));
+                if (r >= 0)
+                        r = curl_setopt_errno(curl_easy_setopt(t->easy, CURLOPT_SSLKEY, c->key_file));
+        }
+        return r;
+}
+
 static int transfer_init(Transfer *t, TransferKind kind, EtcdClient *c, const char *path, char *body) {
         t->kind = kind;
         t->client = c;
@@ -1114,7 +1146,7 @@ static int transfer_init(Transfer *t, TransferKind kind, EtcdClient *c, const ch
             curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t) != CURLE_OK)
                 return -ENOMEM;
 
-        return 0;
+        return transfer_set_tls(t, c);
 }
 
 static int on_watch_create_timeout(sd_event_source *s, uint64_t usec, void *userdata);
@@ -2264,8 +2296,31 @@ EtcdClient *etcd_client_free(EtcdClient *c) {
         sd_event_source_disable_unref(c->dispatch);
         sd_event_unref(c->event);
         g_strfreev(c->endpoints);
+        g_free(c->ca_file);
+        g_free(c->cert_file);
+        g_free(c->key_file);
         g_free(c);
         return NULL;
+}
+
+int etcd_client_set_tls(EtcdClient *c, const EtcdTlsOptions *tls) {
+        const EtcdTlsOptions none = {};
+
+        if (!c)
+                return -EINVAL;
+        if (!tls)
+                tls = &none;
+        /* A certificate is of no use without its key, nor the other way. */
+        if (!tls->cert_file != !tls->key_file)
+                return -EINVAL;
+
+        g_free(c->ca_file);
+        c->ca_file = g_strdup(tls->ca_file);
+        g_free(c->cert_file);
+        c->cert_file = g_strdup(tls->cert_file);
+        g_free(c->key_file);
+        c->key_file = g_strdup(tls->key_file);
+        return 0;
 }
 
 const char *etcd_client_get_endpoint(const EtcdClient *c) {

@@ -60,9 +60,19 @@
  * the last event it saw. A connection that goes silent is noticed only by
  * TCP keepalive.
  *
- * Not here: TLS options (https uses the system's CA store and no client
- * certificate), authentication, discovering members beyond the endpoint
- * list, gRPC itself. */
+ * TLS. https:// endpoints are verified (certificate chain and host name,
+ * never turned off) against the system's CA store, or only against the CA
+ * bundle etcd_client_set_tls() names; that also sets the client
+ * certificate that etcd's --client-cert-auth asks for (as etcdctl's
+ * --cacert, --cert, --key). A TLS failure (an untrusted or misnamed server
+ * certificate, a client certificate refused or missing) is a transport
+ * failure of that endpoint: it fails over like one, and the message names
+ * the endpoint and libcurl's reason. Its errno is -EPROTO, or -ECONNRESET
+ * when the member's refusal comes as an alert after the handshake (etcd's
+ * answer to a missing client certificate).
+ *
+ * Not here: etcd's user/password authentication, discovering members
+ * beyond the endpoint list, gRPC itself. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -86,6 +96,20 @@ typedef struct EtcdTxn EtcdTxn;
  * ETCD_DEFAULT_CALL_TIMEOUT_USEC. The client attaches to event (which must
  * outlive it). */
 int etcd_client_new(sd_event *event, char * const *endpoints, uint64_t call_timeout_usec, EtcdClient **ret);
+
+/* The files of TLS for https:// endpoints (PEM, read by libcurl at each
+ * new connection, so they must stay readable). */
+typedef struct EtcdTlsOptions {
+        const char *ca_file;            /* the CA bundle to trust instead of the system's store; NULL: that store */
+        const char *cert_file;          /* the client certificate; NULL: none */
+        const char *key_file;           /* its private key (unencrypted); set with cert_file or not at all */
+} EtcdTlsOptions;
+
+/* Copies tls (NULL: as all NULL) for the calls and watches started from
+ * now on. -EINVAL if only one of cert_file and key_file is set. The files
+ * are not read here: a file that cannot be used fails each call, naming it
+ * (the caller checks them at start to say so before anything runs). */
+int etcd_client_set_tls(EtcdClient *c, const EtcdTlsOptions *tls);
 
 /* Ends every call and watch without calling their callbacks (their
  * pointers are invalid afterwards) and closes the connections. NULL-safe;

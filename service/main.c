@@ -43,10 +43,14 @@ static void help(void) {
                "                              (default: %u)\n"
                "     --backend=directory|etcd Where locks are decided and kept: the lock\n"
                "                              directory (default), or etcd (cluster mode)\n"
-               "     --etcd-endpoints=URL,... etcd's client URLs (http://HOST:PORT)\n"
+               "     --etcd-endpoints=URL,... etcd's client URLs (http:// or https://HOST:PORT)\n"
                "     --etcd-prefix=PREFIX     Prefix of every key (default: %s)\n"
                "     --etcd-lease-ttl=SEC     TTL of this daemon's lease: how long its\n"
                "                              connection holds outlive it (default: %u)\n"
+               "     --etcd-cafile=FILE       Verify etcd's https:// certificates with this CA\n"
+               "                              bundle instead of the system's CA store\n"
+               "     --etcd-certfile=FILE     Client certificate for etcd (--client-cert-auth)\n"
+               "     --etcd-keyfile=FILE      Its private key (with --etcd-certfile=)\n"
                "\nEvery option but --system, --user and --config= can also be set in the\n"
                "configuration file; the command line wins.\n"
                "See the lockbusd(8) man page for details.\n",
@@ -204,6 +208,9 @@ int main(int argc, char *argv[]) {
                 .etcd_endpoints = arg_settings.backend_etcd ? arg_settings.etcd_endpoints : NULL,
                 .etcd_prefix = arg_settings.etcd_prefix ?: DEFAULT_ETCD_PREFIX,
                 .etcd_lease_ttl_usec = arg_settings.etcd_lease_ttl_usec,
+                .etcd_ca_file = arg_settings.etcd_ca_file,
+                .etcd_cert_file = arg_settings.etcd_cert_file,
+                .etcd_key_file = arg_settings.etcd_key_file,
         };
         r = manager_new(&config, &m);
         if (r >= 0)

@@ -936,6 +936,9 @@ static int manager_start_cluster(Manager *m, const ManagerConfig *config) {
                         .endpoints = config->etcd_endpoints,
                         .prefix = config->etcd_prefix,
                         .lease_ttl_usec = config->etcd_lease_ttl_usec,
+                        .ca_file = config->etcd_ca_file,
+                        .cert_file = config->etcd_cert_file,
+                        .key_file = config->etcd_key_file,
                         .machine_id = machine_id,
                         .hostname = hostname,
                 }, &m->cluster);

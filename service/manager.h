@@ -43,6 +43,9 @@ typedef struct ManagerConfig {
         char **etcd_endpoints;
         const char *etcd_prefix;
         uint64_t etcd_lease_ttl_usec;
+        const char *etcd_ca_file;       /* TLS files (etcd.h, EtcdTlsOptions), NULL: unset */
+        const char *etcd_cert_file;
+        const char *etcd_key_file;
 } ManagerConfig;
 
 typedef struct Manager {

@@ -37,6 +37,19 @@ static int parse_directory(const char *value, void *field) {
         return 0;
 }
 
+/* A file the daemon reads (not checked here: settings_check() does, once
+ * the last source has spoken). Absolute, as the daemon's working directory
+ * is nobody's business; not a directory name. */
+static int parse_file(const char *value, void *field) {
+        char **ret = field;
+
+        if (value[0] != '/' || g_str_has_suffix(value, "/"))
+                return -EINVAL;
+        g_free(*ret);
+        *ret = g_strdup(value);
+        return 0;
+}
+
 /* Seconds with an optional fraction, e.g. "30" or "0.25", to µs. */
 static int parse_seconds(const char *value, void *field) {
         uint64_t *ret = field, usec = 0, scale = 100000;
@@ -178,6 +191,18 @@ static const SettingInfo setting_table[_SETTING_MAX] = {
                 "etcd-lease-ttl", "EtcdLeaseTTLSec", "seconds above 0 (e.g. 10 or 2.5)",
                 offsetof(Settings, etcd_lease_ttl_usec), parse_positive_seconds,
         },
+        [SETTING_ETCD_CA_FILE] = {
+                "etcd-cafile", "EtcdCAFile", "an absolute file name",
+                offsetof(Settings, etcd_ca_file), parse_file,
+        },
+        [SETTING_ETCD_CERT_FILE] = {
+                "etcd-certfile", "EtcdCertFile", "an absolute file name",
+                offsetof(Settings, etcd_cert_file), parse_file,
+        },
+        [SETTING_ETCD_KEY_FILE] = {
+                "etcd-keyfile", "EtcdKeyFile", "an absolute file name",
+                offsetof(Settings, etcd_key_file), parse_file,
+        },
 };
 
 void settings_init(Settings *s) {
@@ -194,6 +219,9 @@ void settings_done(Settings *s) {
         g_free(s->runtime_directory);
         g_strfreev(s->etcd_endpoints);
         g_free(s->etcd_prefix);
+        g_free(s->etcd_ca_file);
+        g_free(s->etcd_cert_file);
+        g_free(s->etcd_key_file);
         settings_init(s);
 }
 
@@ -229,6 +257,15 @@ static void settings_reset(Settings *s, Setting id) {
                 break;
         case SETTING_ETCD_LEASE_TTL:
                 s->etcd_lease_ttl_usec = defaults.etcd_lease_ttl_usec;
+                break;
+        case SETTING_ETCD_CA_FILE:
+                g_clear_pointer(&s->etcd_ca_file, g_free);
+                break;
+        case SETTING_ETCD_CERT_FILE:
+                g_clear_pointer(&s->etcd_cert_file, g_free);
+                break;
+        case SETTING_ETCD_KEY_FILE:
+                g_clear_pointer(&s->etcd_key_file, g_free);
                 break;
         default:
                 g_assert_not_reached();
@@ -421,10 +458,69 @@ char *settings_default_config_file(bool user) {
         return g_strdup(SETTINGS_SYSTEM_CONFIG_FILE);
 }
 
+/* The value of a file setting, NULL if unset. */
+static const char *settings_file(const Settings *s, Setting id) {
+        return *(char *const *) ((const char *) s + setting_table[id].offset);
+}
+
+/* Read now, to say which file is wrong before anything starts, not at the
+ * first connection to etcd. */
+static int check_file_readable(Setting id, const char *path) {
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return log_error_errno(errno, "--%s= (%s=): cannot read %s: %m",
+                                       setting_table[id].option, setting_table[id].key, path);
+        if (S_ISDIR(st.st_mode))
+                return log_error_errno(EISDIR, "--%s= (%s=): cannot read %s: %m",
+                                       setting_table[id].option, setting_table[id].key, path);
+        return 0;
+}
+
+static bool endpoints_have_https(char *const *endpoints) {
+        for (char *const *e = endpoints; e && *e; e++)
+                if (g_str_has_prefix(*e, "https://"))
+                        return true;
+        return false;
+}
+
+static int settings_check_tls(const Settings *s) {
+        static const Setting files[] = { SETTING_ETCD_CA_FILE, SETTING_ETCD_CERT_FILE, SETTING_ETCD_KEY_FILE };
+        int r;
+
+        if (s->etcd_cert_file && !s->etcd_key_file)
+                return log_error_errno(EINVAL, "--etcd-certfile= (EtcdCertFile=) needs its key, "
+                                       "--etcd-keyfile= (EtcdKeyFile=).");
+        if (!s->etcd_cert_file && s->etcd_key_file)
+                return log_error_errno(EINVAL, "--etcd-keyfile= (EtcdKeyFile=) needs its certificate, "
+                                       "--etcd-certfile= (EtcdCertFile=).");
+
+        for (size_t i = 0; i < G_N_ELEMENTS(files); i++) {
+                const char *path = settings_file(s, files[i]);
+
+                if (!path)
+                        continue;
+                if (!s->backend_etcd)
+                        return log_error_errno(EINVAL, "--%s= (%s=) is for --backend=etcd (Backend=etcd).",
+                                               setting_table[files[i]].option, setting_table[files[i]].key);
+                /* Over http:// it would all go unencrypted: say so. */
+                if (!endpoints_have_https(s->etcd_endpoints))
+                        return log_error_errno(EINVAL, "--%s= (%s=) is for https:// endpoints; "
+                                               "--etcd-endpoints= (EtcdEndpoints=) has none.",
+                                               setting_table[files[i]].option, setting_table[files[i]].key);
+                r = check_file_readable(files[i], path);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int settings_check(const Settings *s) {
         if (s->backend_etcd && !s->etcd_endpoints)
                 return log_error_errno(EINVAL, "--backend=etcd (Backend=etcd) needs --etcd-endpoints= (EtcdEndpoints=).");
         if (!s->backend_etcd && s->etcd_endpoints)
                 return log_error_errno(EINVAL, "--etcd-endpoints= (EtcdEndpoints=) is for --backend=etcd (Backend=etcd).");
-        return 0;
+        return settings_check_tls(s);
 }

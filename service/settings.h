@@ -49,6 +49,9 @@ typedef enum Setting {
         SETTING_ETCD_ENDPOINTS,         /* --etcd-endpoints=      EtcdEndpoints= */
         SETTING_ETCD_PREFIX,            /* --etcd-prefix=         EtcdPrefix= */
         SETTING_ETCD_LEASE_TTL,         /* --etcd-lease-ttl=      EtcdLeaseTTLSec= */
+        SETTING_ETCD_CA_FILE,           /* --etcd-cafile=         EtcdCAFile= */
+        SETTING_ETCD_CERT_FILE,         /* --etcd-certfile=       EtcdCertFile= */
+        SETTING_ETCD_KEY_FILE,          /* --etcd-keyfile=        EtcdKeyFile= */
         _SETTING_MAX,
 } Setting;
 
@@ -62,6 +65,9 @@ typedef struct Settings {
         char **etcd_endpoints;          /* NULL: none */
         char *etcd_prefix;              /* NULL: DEFAULT_ETCD_PREFIX */
         uint64_t etcd_lease_ttl_usec;
+        char *etcd_ca_file;             /* NULL: the system's CA store */
+        char *etcd_cert_file;           /* NULL: no client certificate */
+        char *etcd_key_file;            /* NULL: none (with etcd_cert_file) */
 } Settings;
 
 /* The built-in defaults. */
@@ -90,6 +96,9 @@ int settings_load_file(Settings *s, const char *path, bool required);
 char *settings_default_config_file(bool user);
 
 /* The rules across settings, once every source is read: the etcd backend
- * needs endpoints, and endpoints need the etcd backend. Logs and returns
- * -EINVAL when one is broken. */
+ * needs endpoints, and endpoints and the TLS files need the etcd backend;
+ * the client certificate and its key go together; the TLS files need an
+ * https:// endpoint and must be readable files now. Logs and returns a
+ * negative errno (-EINVAL, or why a file cannot be read) when one is
+ * broken. */
 int settings_check(const Settings *s);

@@ -5,7 +5,9 @@
  * bus API (the quotas, which name their limits in QuotaExceeded), the
  * command line winning over the file, drop-ins, an unknown key that only
  * warns, and a bad value or a missing file that stop the daemon with exit
- * status 2 before it touches anything.
+ * status 2 before it touches anything; so do broken TLS settings of cluster
+ * mode (a certificate without its key, a CA file that is not there, a
+ * relative file name).
  *
  * The file lives in the bus's DIR, so the harness removes it with the bus,
  * also when a test fails; DIR is known only once the bus exists, so
@@ -210,6 +212,49 @@ static void test_config_etcd_without_endpoints(void) {
         assert_refused(b, "--backend=etcd (Backend=etcd) needs --etcd-endpoints= (EtcdEndpoints=).\n");
 }
 
+/* The TLS files of cluster mode: a certificate needs its key. Nothing is
+ * read from etcd (the endpoint is never reached): the settings are
+ * refused first. */
+static void test_config_etcd_cert_without_key(void) {
+        g_autofree char *path = NULL, *cert = NULL, *contents = NULL;
+        g_autoptr(TestBus) b = bus_with_config(NULL, NULL, &path);
+
+        /* The file goes where only the bus's DIR is known. */
+        cert = g_build_filename(b->dir, "client.pem", NULL);
+        write_file(cert, "");
+        contents = g_strdup_printf("[Daemon]\n"
+                                   "Backend=etcd\n"
+                                   "EtcdEndpoints=https://127.0.0.1:1\n"
+                                   "EtcdCertFile=%s\n", cert);
+        write_file(path, contents);
+
+        assert_refused(b, "--etcd-certfile= (EtcdCertFile=) needs its key, --etcd-keyfile= (EtcdKeyFile=).\n");
+}
+
+/* A CA file (here from the command line) that is not there: named, before
+ * anything starts. */
+static void test_config_etcd_missing_ca_file(void) {
+        g_autofree char *missing = g_build_filename(g_get_tmp_dir(), "lockbus-no-such-dir", "ca.pem", NULL);
+        g_autofree char *option = g_strconcat("--etcd-cafile=", missing, NULL), *expected = NULL;
+        const char *const args[] = { option, NULL };
+        g_autoptr(TestBus) b = bus_with_config("[Daemon]\n"
+                                               "Backend=etcd\n"
+                                               "EtcdEndpoints=https://127.0.0.1:1\n",
+                                               args, NULL);
+
+        expected = g_strdup_printf("--etcd-cafile= (EtcdCAFile=): cannot read %s: %s\n", missing, g_strerror(ENOENT));
+        assert_refused(b, expected);
+}
+
+/* A file name in the file must be absolute, as on the command line. */
+static void test_config_etcd_relative_file(void) {
+        g_autofree char *path = NULL, *expected = NULL;
+        g_autoptr(TestBus) b = bus_with_config("[Daemon]\nEtcdCAFile=ca.pem\n", NULL, &path);
+
+        expected = g_strdup_printf("%s: EtcdCAFile= needs an absolute file name, got 'ca.pem'.\n", path);
+        assert_refused(b, expected);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -219,6 +264,9 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/bus/config/bad-value", test_config_bad_value);
         g_test_add_func("/bus/config/missing", test_config_missing);
         g_test_add_func("/bus/config/etcd-without-endpoints", test_config_etcd_without_endpoints);
+        g_test_add_func("/bus/config/etcd-cert-without-key", test_config_etcd_cert_without_key);
+        g_test_add_func("/bus/config/etcd-missing-ca-file", test_config_etcd_missing_ca_file);
+        g_test_add_func("/bus/config/etcd-relative-file", test_config_etcd_relative_file);
 
         return g_test_run();
 }

@@ -16,6 +16,11 @@ void cluster_test_init(int *argc, char ***argv) {
         cluster = etcd_cluster_start(3, &skip_reason);
 }
 
+void cluster_test_init_tls(int *argc, char ***argv) {
+        g_test_init(argc, argv, NULL);
+        cluster = etcd_cluster_start_tls(3, &skip_reason);
+}
+
 int cluster_test_run(void) {
         int r;
 
@@ -24,6 +29,10 @@ int cluster_test_run(void) {
         cluster = NULL;
         g_clear_pointer(&skip_reason, g_free);
         return r;
+}
+
+const EtcdClusterTls *cluster_test_tls(void) {
+        return cluster ? etcd_cluster_tls(cluster) : NULL;
 }
 
 bool cluster_test_skip(void) {
@@ -48,12 +57,19 @@ static void host_setup(ClusterFixture *f, ClusterHost *h, const char *hostname, 
         g_autofree char *endpoints = g_strjoinv(",", etcd_cluster_endpoints(f->etcd));
         g_autofree char *endpoints_arg = g_strconcat("--etcd-endpoints=", endpoints, NULL);
         g_autofree char *prefix_arg = g_strconcat("--etcd-prefix=", f->prefix, NULL);
-        g_autofree char *services = NULL;
+        g_autofree char *ca_arg = NULL, *cert_arg = NULL, *key_arg = NULL, *services = NULL;
+        const EtcdClusterTls *tls = etcd_cluster_tls(f->etcd);
         g_auto(GStrv) wrapper = NULL, argv = NULL, args = NULL;
         g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
 
         g_strv_builder_add_many(builder, "--backend=etcd", endpoints_arg, prefix_arg, "--etcd-lease-ttl=2",
                                 "--idle-timeout=0", NULL);
+        if (tls) {
+                ca_arg = g_strconcat("--etcd-cafile=", tls->ca_file, NULL);
+                cert_arg = g_strconcat("--etcd-certfile=", tls->cert_file, NULL);
+                key_arg = g_strconcat("--etcd-keyfile=", tls->key_file, NULL);
+                g_strv_builder_add_many(builder, ca_arg, cert_arg, key_arg, NULL);
+        }
         if (more_args)
                 g_strv_builder_addv(builder, (const char **) more_args);
         args = g_strv_builder_end(builder);
@@ -98,6 +114,15 @@ void cluster_fixture_setup(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpint(sd_event_new(&f->event), >=, 0);
         g_assert_cmpint(etcd_client_new(f->event, etcd_cluster_endpoints(f->etcd), ETCD_CALL_TIMEOUT_USEC,
                                         &f->etcd_client), ==, 0);
+        if (etcd_cluster_tls(f->etcd)) {
+                const EtcdClusterTls *tls = etcd_cluster_tls(f->etcd);
+
+                g_assert_cmpint(etcd_client_set_tls(f->etcd_client, &(EtcdTlsOptions) {
+                                .ca_file = tls->ca_file,
+                                .cert_file = tls->cert_file,
+                                .key_file = tls->key_file,
+                        }), ==, 0);
+        }
 
         host_setup(f, &f->a, "hostA", CLUSTER_MACHINE_ID_A, data);
         host_setup(f, &f->b, "hostB", CLUSTER_MACHINE_ID_B, data);

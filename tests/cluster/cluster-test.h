@@ -21,6 +21,13 @@
  *  - a root (the test's uid) connection to each bus, and an etcd client
  *    of the test's own on an sd-event loop, to see the lock keys.
  *
+ * With cluster_test_init_tls() the etcd cluster serves https:// and wants
+ * client certificates (etcd-test.h); both daemons then also get
+ *      --etcd-cafile=<its CA> --etcd-certfile=<client certificate>
+ *      --etcd-keyfile=<its key>
+ * before what the case adds (so a case can override one), and the test's
+ * own etcd client uses the same files.
+ *
  * Cases never see each other's keys: each has its own prefix. The lease
  * TTL of 2 s is what a killed daemon's connection holds outlive it by.
  *
@@ -74,6 +81,10 @@ typedef struct ClusterFixture {
 /* g_test_init(), then starts the program's etcd cluster (or notes why it
  * cannot: every case then skips). */
 void cluster_test_init(int *argc, char ***argv);
+/* The same with a TLS cluster, as above. */
+void cluster_test_init_tls(int *argc, char ***argv);
+/* The files of the TLS cluster; NULL without one (or without etcd). */
+const EtcdClusterTls *cluster_test_tls(void);
 /* g_test_run(), then stops the cluster. */
 int cluster_test_run(void);
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,8 +40,19 @@ typedef struct Member {
         bool exited;
 } Member;
 
+typedef struct TlsFiles {
+        EtcdClusterTls paths;           /* points into the strings below */
+        char *ca_file;
+        char *server_cert_file;
+        char *server_key_file;
+        char *cert_file;
+        char *key_file;
+        char *other_ca_file;
+} TlsFiles;
+
 struct EtcdCluster {
         char *dir;
+        TlsFiles *tls;                  /* NULL: plain http:// */
         unsigned n;
         Member *members;
         char **endpoints;
@@ -242,6 +254,117 @@ static void dump_logs(EtcdCluster *c) {
         }
 }
 
+/* ---- TLS files -------------------------------------------------------------- */
+
+/* The extensions of each kind of certificate, for openssl -extensions. */
+#define OPENSSL_CONFIG                                                  \
+        "[req]\n"                                                       \
+        "distinguished_name = dn\n"                                     \
+        "[dn]\n"                                                        \
+        "[ca]\n"                                                        \
+        "basicConstraints = critical, CA:TRUE\n"                        \
+        "keyUsage = critical, keyCertSign, cRLSign\n"                   \
+        "subjectKeyIdentifier = hash\n"                                 \
+        "[server]\n"                                                    \
+        "basicConstraints = critical, CA:FALSE\n"                       \
+        "keyUsage = critical, digitalSignature, keyEncipherment\n"      \
+        "extendedKeyUsage = serverAuth, clientAuth\n"                   \
+        "subjectAltName = IP:127.0.0.1\n"                               \
+        "[client]\n"                                                    \
+        "basicConstraints = critical, CA:FALSE\n"                       \
+        "keyUsage = critical, digitalSignature, keyEncipherment\n"      \
+        "extendedKeyUsage = clientAuth\n"
+
+/* Runs openssl with args in dir; aborts with its output if it fails. */
+static void run_openssl(const char *openssl, const char *dir, const char *const *args) {
+        g_autoptr(GPtrArray) argv = g_ptr_array_new();
+        g_autofree char *out = NULL, *err = NULL;
+        g_autoptr(GError) error = NULL;
+        int status = 0;
+
+        g_ptr_array_add(argv, (char *) openssl);
+        for (const char *const *a = args; *a; a++)
+                g_ptr_array_add(argv, (char *) *a);
+        g_ptr_array_add(argv, NULL);
+
+        /* Its output is captured: the TAP stream is ours. */
+        if (!g_spawn_sync(dir, (char **) argv->pdata, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out, &err, &status,
+                          &error))
+                g_error("Failed to run %s: %s", openssl, error->message);
+        if (!g_spawn_check_wait_status(status, &error))
+                g_error("openssl %s in %s failed (%s):\n%s%s", args[0], dir, error->message, out, err);
+}
+
+/* A new P-256 key NAME-key.pem and a certificate NAME.pem in dir with the
+ * extensions of section `kind`, self-signed if ca is NULL, else signed by
+ * ca (ca.pem, ca-key.pem in dir). */
+static void make_certificate(const char *openssl, const char *dir, const char *name, const char *kind,
+                             const char *subject, const char *ca) {
+        g_autofree char *key = g_strconcat(name, "-key.pem", NULL), *cert = g_strconcat(name, ".pem", NULL),
+                *csr = g_strconcat(name, ".csr", NULL), *ca_cert = NULL, *ca_key = NULL;
+
+        if (!ca) {
+                run_openssl(openssl, dir, (const char *const[]) {
+                        "req", "-x509", "-config", "openssl.cnf", "-extensions", kind,
+                        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "2", "-subj", subject, NULL });
+                return;
+        }
+
+        ca_cert = g_strconcat(ca, ".pem", NULL);
+        ca_key = g_strconcat(ca, "-key.pem", NULL);
+        run_openssl(openssl, dir, (const char *const[]) {
+                "req", "-new", "-config", "openssl.cnf",
+                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", subject, NULL });
+        run_openssl(openssl, dir, (const char *const[]) {
+                "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+                "-days", "2", "-extfile", "openssl.cnf", "-extensions", kind, "-out", cert, NULL });
+}
+
+static TlsFiles *tls_files_make(const char *openssl, const char *cluster_dir) {
+        g_autofree char *dir = g_build_filename(cluster_dir, "tls", NULL), *config = NULL;
+        g_autoptr(GError) error = NULL;
+        TlsFiles *t;
+
+        g_assert_cmpint(mkdir(dir, 0700), ==, 0);
+        config = g_build_filename(dir, "openssl.cnf", NULL);
+        if (!g_file_set_contents(config, OPENSSL_CONFIG, -1, &error))
+                g_error("Failed to write %s: %s", config, error->message);
+
+        make_certificate(openssl, dir, "ca", "ca", "/CN=lockbus test CA", NULL);
+        make_certificate(openssl, dir, "server", "server", "/CN=127.0.0.1", "ca");
+        make_certificate(openssl, dir, "client", "client", "/CN=lockbus test client", "ca");
+        make_certificate(openssl, dir, "other-ca", "ca", "/CN=lockbus test CA that signed nothing", NULL);
+
+        t = g_new0(TlsFiles, 1);
+        t->ca_file = g_build_filename(dir, "ca.pem", NULL);
+        t->server_cert_file = g_build_filename(dir, "server.pem", NULL);
+        t->server_key_file = g_build_filename(dir, "server-key.pem", NULL);
+        t->cert_file = g_build_filename(dir, "client.pem", NULL);
+        t->key_file = g_build_filename(dir, "client-key.pem", NULL);
+        t->other_ca_file = g_build_filename(dir, "other-ca.pem", NULL);
+        t->paths = (EtcdClusterTls) {
+                .ca_file = t->ca_file,
+                .cert_file = t->cert_file,
+                .key_file = t->key_file,
+                .other_ca_file = t->other_ca_file,
+        };
+        return t;
+}
+
+static void tls_files_free(TlsFiles *t) {
+        if (!t)
+                return;
+        g_free(t->ca_file);
+        g_free(t->server_cert_file);
+        g_free(t->server_key_file);
+        g_free(t->cert_file);
+        g_free(t->key_file);
+        g_free(t->other_ca_file);
+        g_free(t);
+}
+
 /* ---- start and stop ----------------------------------------------------- */
 
 static char *find_etcd(void) {
@@ -269,10 +392,25 @@ static void member_spawn(EtcdCluster *c, Member *m, const char *etcd, const char
                 "--initial-cluster-token", token,
                 "--heartbeat-interval", "50",
                 "--election-timeout", "500",
+                /* The TLS options, or the end. */
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                 NULL,
         };
         int fds[2];
         pid_t pid;
+
+        if (c->tls) {
+                size_t i = G_N_ELEMENTS(argv) - 9;
+
+                g_assert_null(argv[i]);
+                argv[i++] = "--cert-file";
+                argv[i++] = c->tls->server_cert_file;
+                argv[i++] = "--key-file";
+                argv[i++] = c->tls->server_key_file;
+                argv[i++] = "--trusted-ca-file";
+                argv[i++] = c->tls->ca_file;
+                argv[i++] = "--client-cert-auth";
+        }
 
         m->log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         g_assert_cmpint(m->log_fd, >=, 0);
@@ -302,8 +440,8 @@ static void member_spawn(EtcdCluster *c, Member *m, const char *etcd, const char
         reaper_say(c, say);
 }
 
-EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
-        g_autofree char *etcd = find_etcd();
+static EtcdCluster *cluster_start(unsigned n, bool tls, char **ret_skip_reason) {
+        g_autofree char *etcd = find_etcd(), *openssl = NULL;
         g_autoptr(GError) error = NULL;
         g_auto(GStrv) environ_list = NULL;
         g_autoptr(GPtrArray) envp = NULL;
@@ -316,6 +454,13 @@ EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
                 *ret_skip_reason = g_strdup("etcd not found (install etcd-server, or set LOCKBUS_TEST_ETCD)");
                 return NULL;
         }
+        if (tls) {
+                openssl = g_find_program_in_path("openssl");
+                if (!openssl) {
+                        *ret_skip_reason = g_strdup("openssl not found (install openssl)");
+                        return NULL;
+                }
+        }
 
         c = g_new0(EtcdCluster, 1);
         c->n = n;
@@ -325,6 +470,8 @@ EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
         c->dir = g_dir_make_tmp("lockbus-etcd-XXXXXX", &error);
         g_assert_no_error(error);
         start_reaper(c);
+        if (tls)
+                c->tls = tls_files_make(openssl, c->dir);
 
         pick_ports(2 * n, ports);
         c->endpoints = g_new0(char *, n + 1);
@@ -333,7 +480,7 @@ EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
 
                 m->index = i;
                 m->name = g_strdup_printf("m%u", i);
-                m->client_url = g_strdup_printf("http://127.0.0.1:%u", ports[2 * i]);
+                m->client_url = g_strdup_printf("%s://127.0.0.1:%u", tls ? "https" : "http", ports[2 * i]);
                 m->peer_url = g_strdup_printf("http://127.0.0.1:%u", ports[2 * i + 1]);
                 m->data_dir = g_strdup_printf("%s/%s", c->dir, m->name);
                 m->stderr_fd = -1;
@@ -376,9 +523,21 @@ EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
         }
         g_mutex_unlock(&c->lock);
 
-        g_test_message("etcd cluster of %u members ready in %" G_GINT64_FORMAT " ms (%s)", n,
-                       (g_get_monotonic_time() - started) / 1000, c->dir);
+        g_test_message("etcd cluster of %u members%s ready in %" G_GINT64_FORMAT " ms (%s)", n,
+                       tls ? " with TLS" : "", (g_get_monotonic_time() - started) / 1000, c->dir);
         return c;
+}
+
+EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
+        return cluster_start(n, false, ret_skip_reason);
+}
+
+EtcdCluster *etcd_cluster_start_tls(unsigned n, char **ret_skip_reason) {
+        return cluster_start(n, true, ret_skip_reason);
+}
+
+const EtcdClusterTls *etcd_cluster_tls(EtcdCluster *c) {
+        return c->tls ? &c->tls->paths : NULL;
 }
 
 void etcd_cluster_kill_member(EtcdCluster *c, unsigned i) {
@@ -418,6 +577,7 @@ void etcd_cluster_stop(EtcdCluster *c) {
         }
         g_free(c->members);
         g_strfreev(c->endpoints);
+        tls_files_free(c->tls);
         g_mutex_clear(&c->lock);
         g_cond_clear(&c->changed);
         g_free(c->dir);

@@ -11,7 +11,15 @@
  * member says it is ready to serve clients (an event, not a sleep). A
  * reaper process forked at start kills every member's group and removes
  * the directory when the test program ends in any way (a failed assertion
- * aborts it); etcd_cluster_stop() does the same in order. */
+ * aborts it); etcd_cluster_stop() does the same in order.
+ *
+ * A TLS cluster (etcd_cluster_start_tls()) serves https:// client URLs
+ * with --client-cert-auth: at start a CA, a server certificate for
+ * IP:127.0.0.1 (signed by that CA, also good as the members' own client
+ * certificate, which etcd's gateway presents to the gRPC server) and a
+ * client certificate are made with openssl(1) in DIR/tls, as is a second
+ * CA that signed nothing here (to see verification fail). The peer URLs
+ * stay http://. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -26,6 +34,19 @@ typedef struct EtcdCluster EtcdCluster;
  * failure aborts the program with the members' logs on stderr. */
 EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason);
 void etcd_cluster_stop(EtcdCluster *c);
+
+/* As etcd_cluster_start(), with TLS as above; also skips if openssl is
+ * missing. */
+EtcdCluster *etcd_cluster_start_tls(unsigned n, char **ret_skip_reason);
+
+/* The PEM files of a TLS cluster (absolute paths), or NULL for a plain one. */
+typedef struct EtcdClusterTls {
+        const char *ca_file;            /* the CA of the members' and the client's certificates */
+        const char *cert_file;          /* a client certificate etcd accepts */
+        const char *key_file;           /* its key */
+        const char *other_ca_file;      /* a CA that signed nothing here */
+} EtcdClusterTls;
+const EtcdClusterTls *etcd_cluster_tls(EtcdCluster *c);
 
 /* A NULL-terminated list of the members' client URLs (borrowed). */
 char **etcd_cluster_endpoints(EtcdCluster *c);

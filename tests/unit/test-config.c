@@ -136,6 +136,9 @@ static void assert_defaults(const Settings *s) {
         g_assert_null(s->etcd_endpoints);
         g_assert_null(s->etcd_prefix);
         g_assert_cmpuint(s->etcd_lease_ttl_usec, ==, DEFAULT_ETCD_LEASE_TTL_USEC);
+        g_assert_null(s->etcd_ca_file);
+        g_assert_null(s->etcd_cert_file);
+        g_assert_null(s->etcd_key_file);
 }
 
 static void assert_endpoints(char **endpoints, const char *joined) {
@@ -160,6 +163,9 @@ static void test_key_names(void) {
                 [SETTING_ETCD_ENDPOINTS] = { "etcd-endpoints", "EtcdEndpoints" },
                 [SETTING_ETCD_PREFIX] = { "etcd-prefix", "EtcdPrefix" },
                 [SETTING_ETCD_LEASE_TTL] = { "etcd-lease-ttl", "EtcdLeaseTTLSec" },
+                [SETTING_ETCD_CA_FILE] = { "etcd-cafile", "EtcdCAFile" },
+                [SETTING_ETCD_CERT_FILE] = { "etcd-certfile", "EtcdCertFile" },
+                [SETTING_ETCD_KEY_FILE] = { "etcd-keyfile", "EtcdKeyFile" },
         };
 
         for (Setting id = 0; id < _SETTING_MAX; id++) {
@@ -184,18 +190,30 @@ static void test_key_names(void) {
 
 /* Every key, with whitespace around "=" and a comment. */
 static void test_every_key(Fixture *f, gconstpointer data) {
-        write_file(f->conf,
-                   "# lockbusd settings\n"
-                   "[Daemon]\n"
-                   "LockDirectory=/srv/locks\n"
-                   "RuntimeDirectory = /run/locks\n"
-                   "IdleTimeoutSec=2.5\n"
-                   "MaxLocksPerUser=7\n"
-                   "MaxWaitersPerUser=0\n"
-                   "Backend=etcd\n"
-                   "EtcdEndpoints=http://10.0.0.1:2379, http://10.0.0.2:2379 https://c:2379\n"
-                   "EtcdPrefix=/locks/prod\n"
-                   "EtcdLeaseTTLSec=0.75\n");
+        g_autofree char *contents = NULL, *ca = g_build_filename(f->dir, "ca.pem", NULL),
+                *cert = g_build_filename(f->dir, "client.pem", NULL),
+                *key = g_build_filename(f->dir, "client-key.pem", NULL);
+
+        /* settings_check() wants them readable, not valid. */
+        write_file(ca, "");
+        write_file(cert, "");
+        write_file(key, "");
+        contents = g_strdup_printf("# lockbusd settings\n"
+                                   "[Daemon]\n"
+                                   "LockDirectory=/srv/locks\n"
+                                   "RuntimeDirectory = /run/locks\n"
+                                   "IdleTimeoutSec=2.5\n"
+                                   "MaxLocksPerUser=7\n"
+                                   "MaxWaitersPerUser=0\n"
+                                   "Backend=etcd\n"
+                                   "EtcdEndpoints=http://10.0.0.1:2379, http://10.0.0.2:2379 https://c:2379\n"
+                                   "EtcdPrefix=/locks/prod\n"
+                                   "EtcdLeaseTTLSec=0.75\n"
+                                   "EtcdCAFile=%s\n"
+                                   "EtcdCertFile = %s\n"
+                                   "EtcdKeyFile=%s\n",
+                                   ca, cert, key);
+        write_file(f->conf, contents);
         load_ok(&f->settings, f->conf, true);
 
         g_assert_cmpstr(f->settings.lock_directory, ==, "/srv/locks");
@@ -207,6 +225,9 @@ static void test_every_key(Fixture *f, gconstpointer data) {
         assert_endpoints(f->settings.etcd_endpoints, "http://10.0.0.1:2379 http://10.0.0.2:2379 https://c:2379");
         g_assert_cmpstr(f->settings.etcd_prefix, ==, "/locks/prod");
         g_assert_cmpuint(f->settings.etcd_lease_ttl_usec, ==, 750000U);
+        g_assert_cmpstr(f->settings.etcd_ca_file, ==, ca);
+        g_assert_cmpstr(f->settings.etcd_cert_file, ==, cert);
+        g_assert_cmpstr(f->settings.etcd_key_file, ==, key);
         g_assert_cmpint(settings_check(&f->settings), ==, 0);
 }
 
@@ -279,7 +300,10 @@ static void test_empty_values(Fixture *f, gconstpointer data) {
                    "Backend=etcd\n"
                    "EtcdEndpoints=http://a:1\n"
                    "EtcdPrefix=/x\n"
-                   "EtcdLeaseTTLSec=1\n");
+                   "EtcdLeaseTTLSec=1\n"
+                   "EtcdCAFile=/etc/ssl/etcd/ca.pem\n"
+                   "EtcdCertFile=/etc/ssl/etcd/client.pem\n"
+                   "EtcdKeyFile=/etc/ssl/etcd/client-key.pem\n");
         for (Setting id = 0; id < _SETTING_MAX; id++)
                 g_string_append_printf(s, "%s=\n", setting_key(id));
         reset = write_drop_in(f, "reset.conf", s->str);
@@ -365,6 +389,9 @@ static void test_bad_values(Fixture *f, gconstpointer data) {
                 { SETTING_ETCD_ENDPOINTS, " , ", "http:// or https:// URLs, separated by commas or spaces", "," },
                 { SETTING_ETCD_PREFIX, "/lockbus/", "a path like /lockbus (no trailing /)" },
                 { SETTING_ETCD_LEASE_TTL, "0", "seconds above 0 (e.g. 10 or 2.5)" },
+                { SETTING_ETCD_CA_FILE, "ca.pem", "an absolute file name" },
+                { SETTING_ETCD_CERT_FILE, "/etc/ssl/etcd/", "an absolute file name" },
+                { SETTING_ETCD_KEY_FILE, "~/key.pem", "an absolute file name" },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -447,6 +474,75 @@ static void test_check(Fixture *f, gconstpointer data) {
         g_assert_cmpstr(log, ==, "--etcd-endpoints= (EtcdEndpoints=) is for --backend=etcd (Backend=etcd).\n");
 }
 
+static char *check_log(const Settings *s, int expected_r) {
+        Capture c = capture_start();
+        int r = settings_check(s);
+        char *log = capture_end(c);
+
+        g_assert_cmpint(r, ==, expected_r);
+        return log;
+}
+
+/* The TLS files: for the etcd backend over https://, certificate and key
+ * together, each readable now; the messages name the option, the key and
+ * the file. */
+static void test_check_tls(Fixture *f, gconstpointer data) {
+        g_autofree char *ca = g_build_filename(f->dir, "ca.pem", NULL),
+                *cert = g_build_filename(f->dir, "client.pem", NULL),
+                *key = g_build_filename(f->dir, "client-key.pem", NULL),
+                *missing = g_build_filename(f->dir, "missing.pem", NULL), *log = NULL, *expected = NULL;
+
+        write_file(ca, "");
+        write_file(cert, "");
+        write_file(key, "");
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_BACKEND, "etcd"), ==, 0);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_ENDPOINTS, "http://a:1,https://b:2"), ==, 0);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_CA_FILE, ca), ==, 0);
+        g_assert_cmpint(settings_check(&f->settings), ==, 0);
+
+        /* One without the other. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_CERT_FILE, cert), ==, 0);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-certfile= (EtcdCertFile=) needs its key, --etcd-keyfile= (EtcdKeyFile=).\n");
+        g_clear_pointer(&f->settings.etcd_cert_file, g_free);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_KEY_FILE, key), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-keyfile= (EtcdKeyFile=) needs its certificate, "
+                        "--etcd-certfile= (EtcdCertFile=).\n");
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_CERT_FILE, cert), ==, 0);
+        g_assert_cmpint(settings_check(&f->settings), ==, 0);
+
+        /* A file that cannot be read, or a directory. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_KEY_FILE, missing), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -ENOENT);
+        expected = g_strdup_printf("--etcd-keyfile= (EtcdKeyFile=): cannot read %s: %s\n", missing, g_strerror(ENOENT));
+        g_assert_cmpstr(log, ==, expected);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_KEY_FILE, key), ==, 0);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_CA_FILE, f->dir), ==, 0);
+        g_free(log);
+        g_free(expected);
+        log = check_log(&f->settings, -EISDIR);
+        expected = g_strdup_printf("--etcd-cafile= (EtcdCAFile=): cannot read %s: %s\n", f->dir, g_strerror(EISDIR));
+        g_assert_cmpstr(log, ==, expected);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_CA_FILE, ca), ==, 0);
+
+        /* No https:// endpoint: nothing would be encrypted. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_ENDPOINTS, "http://a:1"), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-cafile= (EtcdCAFile=) is for https:// endpoints; "
+                        "--etcd-endpoints= (EtcdEndpoints=) has none.\n");
+
+        /* Not the directory backend. */
+        g_clear_pointer(&f->settings.etcd_endpoints, g_strfreev);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_BACKEND, "directory"), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-cafile= (EtcdCAFile=) is for --backend=etcd (Backend=etcd).\n");
+}
+
 #define add(path, func) g_test_add((path), Fixture, NULL, fixture_setup, (func), fixture_teardown)
 
 int main(int argc, char *argv[]) {
@@ -466,6 +562,7 @@ int main(int argc, char *argv[]) {
         add("/config/syntax-errors", test_syntax_errors);
         add("/config/bad-drop-in", test_bad_drop_in);
         add("/config/check", test_check);
+        add("/config/check-tls", test_check_tls);
 
         return g_test_run();
 }
