@@ -17,8 +17,9 @@
  * key is gone); a clean stop; Owner and List; a revoked
  * lease; an acquire whose answer is lost (a proxy drops it); holds whose
  * keys someone else deleted (a Break from the other host, a delete by
- * hand) reported, and the instance's own deletes not. The cases
- * that break a cluster come last: one member killed (of the shared
+ * hand) reported, and the instance's own deletes not; such a delete
+ * found by a read when the watch that missed it cannot resume (compacted).
+ * The cases that break a cluster come last: one member killed (of the shared
  * cluster), and every member killed (a cluster of its own). */
 
 #include <errno.h>
@@ -1359,6 +1360,8 @@ struct Proxy {
         GPtrArray *pairs;               /* ProxyPair * */
         bool drop;                      /* answers are lost: both ends closed */
         unsigned n_dropped;
+        bool refuse;                    /* new connections are closed at once */
+        unsigned n_refused;
         char *url;
 };
 
@@ -1420,6 +1423,11 @@ static int on_proxy_accept(sd_event_source *s, int fd, uint32_t revents, void *u
         cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
         if (cfd < 0)
                 return 0;
+        if (x->refuse) {
+                x->n_refused++;
+                close(cfd);
+                return 0;
+        }
         ufd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         g_assert_cmpint(ufd, >=, 0);
         if (connect(ufd, (struct sockaddr *) &x->upstream, sizeof x->upstream) < 0) {
@@ -1461,6 +1469,11 @@ static void proxy_start(Proxy *x, sd_event *e, const char *upstream_url) {
         g_assert_cmpint(sd_event_add_io(e, &x->accept_io, x->listen_fd, EPOLLIN, on_proxy_accept, x), >=, 0);
 }
 
+/* Closes every connection, as a member that went away would. */
+static void proxy_cut(Proxy *x) {
+        g_ptr_array_set_size(x->pairs, 0);
+}
+
 static void proxy_stop(Proxy *x) {
         sd_event_source_disable_unref(x->accept_io);
         close(x->listen_fd);
@@ -1499,6 +1512,85 @@ static void test_unknown_outcome(Fixture *f, gconstpointer data) {
         g_assert_cmpint(count_keys(f, &f->a, "uo"), ==, 0);
         g_assert_cmpint(acq_sync(f, &f->b, "uo", &excl, &other), ==, 0);
         g_assert_cmpint(release_sync(f, &f->b, other.hold), ==, 0);
+
+        host_stop(&p);
+        proxy_stop(&x);
+}
+
+/* Runs the loop until the instance watch of h was started more than n times. */
+static void run_until_prefix_watches(Fixture *f, Host *h, uint64_t n) {
+        uint64_t deadline = test_now_usec() + WAIT_USEC;
+
+        while (cluster_locks_get_stats(h->locks).n_prefix_watches <= n) {
+                g_assert_cmpuint(test_now_usec(), <, deadline);
+                g_assert_cmpint(sd_event_run(f->event, 1 * SEC), >=, 0);
+        }
+}
+
+/* Host p is cut off from etcd (its member's connections close, new ones
+ * are refused) while host b breaks p's hold (adopt + release) and etcd is
+ * compacted past that delete. When p reaches etcd again, its instance
+ * watch from the revision after the last event it saw is refused as
+ * compacted; p reads every key instead and reports the hold removed: the
+ * delete is not missed although no watch can deliver it any more. */
+static void test_removed_while_compacted(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq h = {}, again = {};
+        _cleanup_(query_clear) Query q = {};
+        g_autofree char *filler = g_strdup_printf("%s/filler", f->prefix);
+        g_autofree char *request = NULL;
+        ClusterHold *adopted = NULL;
+        ClusterLocksStats before;
+        uint64_t token;
+        Proxy x;
+        Host p = {};
+
+        SKIP_WITHOUT_CLUSTER();
+
+        proxy_start(&x, f->event, etcd_cluster_endpoint(cluster, 1));
+        /* A TTL far beyond the case: the lease outlives the cut. */
+        host_start(&p, f->event, (char *[]) { x.url, NULL }, f->prefix, MACHINE_C, "host-p", 60 * SEC);
+        g_assert_cmpint(acq_sync(f, &p, "cmp", &excl, &h), ==, 0);
+        token = cluster_hold_get_entry(h.hold)->token;
+        /* p's watch runs and has seen everything up to here. */
+        removed_marker(f, &p, "cmp-marker");
+        before = cluster_locks_get_stats(p.locks);
+
+        x.refuse = true;
+        proxy_cut(&x);
+        /* p noticed: its watch ended and the next one cannot connect. */
+        run_until_prefix_watches(f, &p, before.n_prefix_watches);
+
+        g_assert_cmpint(owner_sync(f, &f->b, "cmp", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        g_assert_cmpuint(query_entry(&q, 0)->token, ==, token);
+        g_assert_cmpint(cluster_locks_adopt(f->b.locks, query_entry(&q, 0), &adopted), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, adopted), ==, 0);
+        /* Writes after the delete, then compaction up to the last: the
+         * revision p's watch must start from is gone. */
+        g_assert_cmpint(sync_put(f->event, f->b.etcd, filler, "1", 0, &f->r), ==, 0);
+        g_assert_cmpint(sync_put(f->event, f->b.etcd, filler, "2", 0, &f->r), ==, 0);
+        request = g_strdup_printf("{\"revision\":\"%" PRIi64 "\",\"physical\":true}", f->r.revision);
+        g_assert_cmpint(sync_call(f->event, f->b.etcd, "/v3/kv/compaction", request, &f->r), ==, 0);
+        g_assert_cmpuint(p.n_removed, ==, 1);
+        g_assert_cmpuint(x.n_refused, >=, 1);
+
+        x.refuse = false;
+        run_until_count(f, &p.n_removed, 2);
+        g_assert_cmpuint(p.n_removed, ==, 2);
+        g_assert_cmpstr(p.removed_resources->pdata[1], ==, "cmp");
+        g_assert_cmpuint(GPOINTER_TO_SIZE(p.removed_tokens->pdata[1]), ==, token);
+        g_assert_cmpuint(count_holds(&p), ==, 0);
+        g_assert_cmpuint(p.n_lost, ==, 0);
+        /* By a read of every key (the compaction path), not by an event. */
+        g_assert_cmpuint(cluster_locks_get_stats(p.locks).n_prefix_reads, >, before.n_prefix_reads);
+
+        /* The watch runs again, from that read: a later delete is told. */
+        removed_marker(f, &p, "cmp-marker");
+        g_assert_cmpuint(p.n_removed, ==, 3);
+        g_assert_cmpint(acq_sync(f, &f->b, "cmp", &excl, &again), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, again.hold), ==, 0);
+        g_assert_cmpuint(f->a.n_removed, ==, 0);
+        g_assert_cmpuint(f->b.n_removed, ==, 0);
 
         host_stop(&p);
         proxy_stop(&x);
@@ -1644,6 +1736,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/query/owner-list", test_owner_list);
         ADD("/cluster/failure/lease-revoked", test_lease_revoked);
         ADD("/cluster/failure/unknown-outcome", test_unknown_outcome);
+        ADD("/cluster/failure/removed-while-compacted", test_removed_while_compacted);
         ADD("/cluster/failure/member-killed", test_member_killed);
         ADD("/cluster/failure/lease-lost", test_lease_lost);
 
