@@ -391,6 +391,33 @@ void etcd_cluster_kill_member(EtcdCluster *c, unsigned i) {
         m->pid = 0;
 }
 
+/* Sends sig to member i's group, then waits until its process is stopped
+ * (WUNTRACED) or runs again (WCONTINUED), as asked. */
+static void signal_member_and_wait(EtcdCluster *c, unsigned i, int sig, int options) {
+        Member *m = &c->members[i];
+        int status;
+        pid_t pid;
+
+        g_assert_cmpint(m->pid, >, 0);
+        g_assert_cmpint(kill(-m->pid, sig), ==, 0);
+        do
+                pid = waitpid(m->pid, &status, options);
+        while (pid < 0 && errno == EINTR);
+        g_assert_cmpint(pid, ==, m->pid);
+        if (options == WUNTRACED)
+                g_assert_true(WIFSTOPPED(status));
+        else
+                g_assert_true(WIFCONTINUED(status));
+}
+
+void etcd_cluster_pause_member(EtcdCluster *c, unsigned i) {
+        signal_member_and_wait(c, i, SIGSTOP, WUNTRACED);
+}
+
+void etcd_cluster_resume_member(EtcdCluster *c, unsigned i) {
+        signal_member_and_wait(c, i, SIGCONT, WCONTINUED);
+}
+
 void etcd_cluster_stop(EtcdCluster *c) {
         if (!c)
                 return;

@@ -35,6 +35,14 @@ unsigned etcd_cluster_size(EtcdCluster *c);
 /* SIGKILLs member i's process group and reaps it. */
 void etcd_cluster_kill_member(EtcdCluster *c, unsigned i);
 
+/* SIGSTOPs member i's process group and returns once the member stopped:
+ * it keeps its sockets (the kernel still accepts connections and takes
+ * requests) but answers nothing, and the clients cannot tell it from a
+ * slow member, until etcd_cluster_resume_member() SIGCONTs it and returns
+ * once it runs again. A paused member is still killed at the end. */
+void etcd_cluster_pause_member(EtcdCluster *c, unsigned i);
+void etcd_cluster_resume_member(EtcdCluster *c, unsigned i);
+
 /* "http://127.0.0.1:PORT" where nothing listens (a port the kernel gave
  * out and that was closed again). */
 char *test_dead_endpoint(void);
