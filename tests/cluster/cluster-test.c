@@ -9,11 +9,9 @@
 #define ETCD_CALL_TIMEOUT_USEC (5U * G_USEC_PER_SEC)
 
 static EtcdCluster *cluster;
-static char *skip_reason;
 
 void cluster_test_init(int *argc, char ***argv) {
-        g_test_init(argc, argv, NULL);
-        cluster = etcd_cluster_start(3, &skip_reason);
+        cluster = etcd_test_init(argc, argv, 3);
 }
 
 void cluster_test_init_tls(int *argc, char ***argv) {
@@ -24,10 +22,8 @@ void cluster_test_init_tls(int *argc, char ***argv) {
 int cluster_test_run(void) {
         int r;
 
-        r = g_test_run();
-        etcd_cluster_stop(cluster);
+        r = etcd_test_run();
         cluster = NULL;
-        g_clear_pointer(&skip_reason, g_free);
         return r;
 }
 
@@ -36,10 +32,7 @@ const EtcdClusterTls *cluster_test_tls(void) {
 }
 
 bool cluster_test_skip(void) {
-        if (cluster)
-                return false;
-        g_test_skip(skip_reason);
-        return true;
+        return etcd_test_skip();
 }
 
 /* The daemon's environment additions, as an env(1) command line. */

@@ -8,10 +8,12 @@
  * deleted at once; one whose lease expired first is told LockLost by the
  * next daemon), a lockbusd stopped with SIGTERM (its lease revoked, the
  * holder told), a grant etcd made that the daemon cannot set up (no fd
- * for the pipe: refused with Storage, the key deleted), one etcd member
- * killed (locking goes on, leases stay), and every member killed (Lock
- * fails with Storage naming etcd and its endpoints, never a grant; the
- * holds on the lost lease are dropped and their holder told).
+ * for the pipe: refused with Storage, the key deleted), a second Unlock
+ * while etcd does not answer the first (refused at once; an Acquire after
+ * the first waits for it), one etcd member killed (locking goes on, leases
+ * stay), and every member killed (Lock fails with Storage naming etcd and
+ * its endpoints, never a grant; the holds on the lost lease are dropped
+ * and their holder told).
  *
  * The cases run in the order registered: the last two break the program's
  * etcd cluster (one member, then the rest), as the last of its cases.
@@ -348,6 +350,83 @@ static void test_grant_not_set_up(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
 }
 
+static TestCall *unlock_async(sd_bus *bus, const char *resource) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+        g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                                       LOCKBUS_MANAGER_IFACE, "Unlock"), >=, 0);
+        g_assert_cmpint(sd_bus_message_append(m, "s", resource), >=, 0);
+        return test_call_async(bus, m, 0);
+}
+
+static uint64_t reply_cookie(TestCall *c) {
+        uint64_t cookie;
+
+        g_assert_cmpint(sd_bus_message_get_cookie(test_call_reply(c), &cookie), >=, 0);
+        return cookie;
+}
+
+/* etcd stops answering (every member SIGSTOPped) while A's first Unlock
+ * deletes the hold's key: a second Unlock of it by the same caller is
+ * refused at once, saying an unlock is under way, and an Acquire sent
+ * after the first Unlock waits for it. Once etcd answers again the first
+ * Unlock succeeds, then the Acquire (timeout 0) is granted with a new
+ * token: the old key was gone before it was decided, as on one host. A
+ * lease TTL far beyond the pause, so that only the calls wait for etcd. */
+static void test_unlock_twice_etcd_paused(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autoptr(TestCall) unlock1 = NULL, acquire = NULL;
+        g_autoptr(GPtrArray) holders = NULL;
+        g_autofree char *endpoints = g_strjoinv(", ", etcd_cluster_endpoints(f->etcd));
+        g_autofree char *message = NULL, *sender_a = NULL;
+        uint64_t t, t_again;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        t = test_acquire_ok(f->a.client, "u", NULL);
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_pause_member(f->etcd, i);
+
+        unlock1 = unlock_async(f->a.client, "u");
+        /* Read after Unlock #1 on the same connection: #1 is under way. */
+        r = test_unlock(f->a.client, "u", &error);
+        message = g_strdup_printf("Failed to remove the lock on 'u' in etcd (%s): an unlock of it is under way",
+                                  endpoints);
+        assert_call_error(r, &error, LOCKBUS_ERROR_STORAGE, message);
+        sd_bus_error_free(&error);
+        acquire = test_acquire_async(f->a.client, "u", NULL);
+        assert_call_pending(unlock1);
+        assert_call_pending(acquire);
+        /* Still A's meanwhile: nothing was deleted. */
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_resume_member(f->etcd, i);
+
+        test_call_wait(unlock1);
+        r = test_call_result(unlock1, &error);
+        assert_call_ok(r, &error);
+        t_again = test_call_wait_token(acquire);
+        g_assert_cmpuint(t_again, >, t);
+        /* Answered in the order asked. */
+        g_assert_cmpuint(reply_cookie(unlock1), <, reply_cookie(acquire));
+
+        /* The new hold is the only one, on both hosts. */
+        sender_a = cluster_sender(&f->a, f->a.client);
+        holders = test_owner_ok(f->b.client, "u", NULL);
+        g_assert_cmpuint(holders->len, ==, 1);
+        assert_holder(holders->pdata[0], geteuid(), getpid(), f->comm, sender_a, t_again, "connection");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+
+        /* Released, it is free: not locked, and B can lock it. */
+        test_unlock_ok(f->a.client, "u");
+        test_assert_not_locked(f->a.client, "u");
+        test_assert_not_locked(f->b.client, "u");
+        g_assert_cmpuint(test_lock_ok(f->b.client, "u"), >, t_again);
+        test_unlock_ok(f->b.client, "u");
+}
+
 /* Breaks the program's cluster: one member killed. Locking goes on through
  * the others, and the daemons' leases stay (a hold outlives the TTL: a
  * waiter with a longer timeout times out). */
@@ -501,6 +580,8 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/failure/daemon-back-after-lease", test_daemon_back_after_lease);
         cluster_test_add_with_args("/cluster/failure/daemon-stopped", long_lease, test_daemon_stopped);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
+        cluster_test_add_with_args("/cluster/failure/unlock-twice-etcd-paused", long_lease,
+                                   test_unlock_twice_etcd_paused);
         cluster_test_add("/cluster/failure/etcd-member-killed", test_member_killed);
         cluster_test_add("/cluster/failure/etcd-all-killed", test_all_members_killed);
 

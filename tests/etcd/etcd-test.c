@@ -550,6 +550,33 @@ void etcd_cluster_kill_member(EtcdCluster *c, unsigned i) {
         m->pid = 0;
 }
 
+/* Sends sig to member i's group, then waits until its process is stopped
+ * (WUNTRACED) or runs again (WCONTINUED), as asked. */
+static void signal_member_and_wait(EtcdCluster *c, unsigned i, int sig, int options) {
+        Member *m = &c->members[i];
+        int status;
+        pid_t pid;
+
+        g_assert_cmpint(m->pid, >, 0);
+        g_assert_cmpint(kill(-m->pid, sig), ==, 0);
+        do
+                pid = waitpid(m->pid, &status, options);
+        while (pid < 0 && errno == EINTR);
+        g_assert_cmpint(pid, ==, m->pid);
+        if (options == WUNTRACED)
+                g_assert_true(WIFSTOPPED(status));
+        else
+                g_assert_true(WIFCONTINUED(status));
+}
+
+void etcd_cluster_pause_member(EtcdCluster *c, unsigned i) {
+        signal_member_and_wait(c, i, SIGSTOP, WUNTRACED);
+}
+
+void etcd_cluster_resume_member(EtcdCluster *c, unsigned i) {
+        signal_member_and_wait(c, i, SIGCONT, WCONTINUED);
+}
+
 void etcd_cluster_stop(EtcdCluster *c) {
         if (!c)
                 return;
@@ -597,12 +624,41 @@ unsigned etcd_cluster_size(EtcdCluster *c) {
         return c->n;
 }
 
+/* ---- the program's cluster ---------------------------------------------------- */
+
+static EtcdCluster *shared_cluster;
+static char *shared_skip_reason;
+
+EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n) {
+        g_test_init(argc, argv, NULL);
+        shared_cluster = etcd_cluster_start(n, &shared_skip_reason);
+        return shared_cluster;
+}
+
+int etcd_test_run(void) {
+        int r;
+
+        r = g_test_run();
+        etcd_cluster_stop(shared_cluster);
+        shared_cluster = NULL;
+        g_clear_pointer(&shared_skip_reason, g_free);
+        return r;
+}
+
+bool etcd_test_skip(void) {
+        if (shared_cluster)
+                return false;
+        g_test_skip(shared_skip_reason);
+        return true;
+}
+
 /* ---- the loop -------------------------------------------------------------- */
 
-void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec) {
+/* Runs e until done(data); fails the test after timeout_usec. */
+static void run_until(sd_event *e, bool (*done)(const void *data), const void *data, uint64_t timeout_usec) {
         uint64_t deadline = test_now_usec() + timeout_usec;
 
-        while (!*flag) {
+        while (!done(data)) {
                 uint64_t now = test_now_usec();
                 int r;
 
@@ -611,6 +667,29 @@ void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec) {
                 r = sd_event_run(e, deadline - now);
                 g_assert_cmpint(r, >=, 0);
         }
+}
+
+static bool flag_is_set(const void *data) {
+        return *(const bool *) data;
+}
+
+void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec) {
+        run_until(e, flag_is_set, flag, timeout_usec);
+}
+
+typedef struct CountTarget {
+        const unsigned *counter;
+        unsigned n;
+} CountTarget;
+
+static bool count_reached(const void *data) {
+        const CountTarget *t = data;
+
+        return *t->counter >= t->n;
+}
+
+void test_run_until_count(sd_event *e, const unsigned *counter, unsigned n, uint64_t timeout_usec) {
+        run_until(e, count_reached, &(CountTarget) { .counter = counter, .n = n }, timeout_usec);
 }
 
 void test_run_for(sd_event *e, uint64_t usec) {

@@ -2,8 +2,8 @@
 #pragma once
 
 /* What the etcd tests share: a real etcd cluster of N members on 127.0.0.1
- * (Debian's etcd 3.4), and running an sd-event loop until something
- * happened.
+ * (Debian's etcd 3.4), one per test program for its cases to share, and
+ * running an sd-event loop until something happened.
  *
  * The cluster lives in a g_dir_make_tmp() directory; each member runs in a
  * process group of its own with its stderr read by a thread of the test,
@@ -56,12 +56,36 @@ unsigned etcd_cluster_size(EtcdCluster *c);
 /* SIGKILLs member i's process group and reaps it. */
 void etcd_cluster_kill_member(EtcdCluster *c, unsigned i);
 
+/* SIGSTOPs member i's process group and returns once the member stopped:
+ * it keeps its sockets (the kernel still accepts connections and takes
+ * requests) but answers nothing, and the clients cannot tell it from a
+ * slow member, until etcd_cluster_resume_member() SIGCONTs it and returns
+ * once it runs again. A paused member is still killed at the end. */
+void etcd_cluster_pause_member(EtcdCluster *c, unsigned i);
+void etcd_cluster_resume_member(EtcdCluster *c, unsigned i);
+
 /* "http://127.0.0.1:PORT" where nothing listens (a port the kernel gave
  * out and that was closed again). */
 char *test_dead_endpoint(void);
 
+/* The cluster a test program shares among its cases. etcd_test_init()
+ * calls g_test_init() and starts n members; without the etcd binary it
+ * returns NULL and etcd_test_skip() skips each case with the reason.
+ * etcd_test_run() runs the cases (g_test_run()) and stops the cluster. */
+EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n);
+int etcd_test_run(void);
+/* True (after g_test_skip() with the reason) when there is no cluster. */
+bool etcd_test_skip(void);
+#define ETCD_SKIP_WITHOUT_CLUSTER()                     \
+        do {                                            \
+                if (etcd_test_skip())                   \
+                        return;                         \
+        } while (false)
+
 /* Runs the loop until *flag is true; fails the test after timeout_usec. */
 void test_run_until(sd_event *e, const bool *flag, uint64_t timeout_usec);
+/* The same until *counter reaches n. */
+void test_run_until_count(sd_event *e, const unsigned *counter, unsigned n, uint64_t timeout_usec);
 /* Runs the loop for usec (to show that nothing more happens). */
 void test_run_for(sd_event *e, uint64_t usec);
 

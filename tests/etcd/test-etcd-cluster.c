@@ -20,7 +20,6 @@
 #define SEC G_USEC_PER_SEC
 
 static EtcdCluster *cluster;
-static char *skip_reason;
 
 typedef struct Fixture {
         sd_event *event;
@@ -40,14 +39,6 @@ static void fixture_teardown(Fixture *f, gconstpointer data) {
         etcd_client_free(f->client);
         sd_event_unref(f->event);
 }
-
-#define SKIP_WITHOUT_CLUSTER()                          \
-        do {                                            \
-                if (!cluster) {                         \
-                        g_test_skip(skip_reason);       \
-                        return;                         \
-                }                                       \
-        } while (false)
 
 static int64_t grant(Fixture *f, int64_t ttl) {
         g_assert_cmpint(sync_lease_grant(f->event, f->client, ttl, &f->r), ==, 0);
@@ -71,7 +62,7 @@ static size_t get(Fixture *f, const char *key) {
 /* ---- leases ----------------------------------------------------------------- */
 
 static void test_lease_grant(Fixture *f, gconstpointer data) {
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         g_assert_cmpint(sync_lease_grant(f->event, f->client, 30, &f->r), ==, 0);
         g_assert_cmpint(f->r.lease_id, !=, 0);
@@ -85,7 +76,7 @@ static void test_lease_grant(Fixture *f, gconstpointer data) {
 static void test_lease_keepalive(Fixture *f, gconstpointer data) {
         int64_t lease;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         lease = grant(f, 20);
         g_assert_cmpint(sync_lease_keepalive(f->event, f->client, lease, &f->r), ==, 0);
@@ -100,7 +91,7 @@ static void test_lease_revoke(Fixture *f, gconstpointer data) {
         g_autofree char *key = test_key("held"), *other = test_key("unleased");
         int64_t lease, revision;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         lease = grant(f, 60);
         put(f, key, "v", lease);
@@ -137,7 +128,7 @@ static void test_kv_put_range_bytes(Fixture *f, gconstpointer data) {
         const SyncKeyValue *kv;
         int64_t created;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         memcpy(key, prefix, strlen(prefix));
         memcpy(key + strlen(prefix), suffix, sizeof suffix);
@@ -174,7 +165,7 @@ static void test_kv_put_range_bytes(Fixture *f, gconstpointer data) {
 static void test_kv_put_unknown_lease(Fixture *f, gconstpointer data) {
         g_autofree char *key = test_key("k");
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         g_assert_cmpint(sync_put(f->event, f->client, key, "v", INT64_C(0x7eadbeef0001), &f->r), ==, -ENOENT);
         g_assert_nonnull(strstr(f->r.message, "lease not found"));
@@ -187,7 +178,7 @@ static void test_kv_range_prefix(Fixture *f, gconstpointer data) {
         g_autofree char *outside = test_key("q0"), *shorter = test_key("q");
         int64_t rev_a, rev_b, rev_c;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         /* Created in the order c, a, b; keys sort a, b, c. */
         rev_c = put(f, c, "3", 0);
@@ -273,7 +264,7 @@ static void test_kv_revision_monotonic(Fixture *f, gconstpointer data) {
         g_autoptr(GHashTable) seen = g_hash_table_new(g_int64_hash, g_int64_equal);
         int64_t last = 0;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         for (unsigned i = 0; i < 20; i++) {
                 g_autofree char *value = g_strdup_printf("%u", i);
@@ -293,8 +284,7 @@ static void test_kv_revision_monotonic(Fixture *f, gconstpointer data) {
 
                 g_assert_cmpint(etcd_put(f->client, k, strlen(k), "x", 1, 0, on_concurrent_put, &many, NULL), ==, 0);
         }
-        while (many.n_done < 10)
-                g_assert_cmpint(sd_event_run(f->event, 10 * SEC), >, 0);
+        test_run_until_count(f->event, &many.n_done, 10, 10 * SEC);
         for (unsigned i = 0; i < many.revisions->len; i++) {
                 int64_t *revision = &g_array_index(many.revisions, int64_t, i);
 
@@ -310,7 +300,7 @@ static void test_kv_delete(Fixture *f, gconstpointer data) {
         g_autofree char *a = test_key("d/a"), *b = test_key("d/b"), *c = test_key("d/c");
         int64_t revision;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         put(f, a, "1", 0);
         put(f, b, "2", 0);
@@ -339,7 +329,7 @@ static void test_txn_create_if_absent(Fixture *f, gconstpointer data) {
         _cleanup_(etcd_txn_freep) EtcdTxn *first = NULL, *second = NULL;
         int64_t l1, l2, created;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         l1 = grant(f, 60);
         l2 = grant(f, 60);
@@ -386,7 +376,7 @@ static void test_txn_delete_if_mod_revision(Fixture *f, gconstpointer data) {
         _cleanup_(etcd_txn_freep) EtcdTxn *stale = NULL, *current = NULL;
         int64_t revision;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         revision = put(f, key, "v1", 0);
         put(f, key, "v2", 0);
@@ -420,7 +410,7 @@ static void test_txn_builder(Fixture *f, gconstpointer data) {
         _cleanup_(etcd_txn_freep) EtcdTxn *t = NULL;
         int64_t lease, revision;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         lease = grant(f, 60);
         revision = put(f, a, "1", lease);
@@ -460,7 +450,7 @@ static void test_txn_builder(Fixture *f, gconstpointer data) {
 static void test_call_generic(Fixture *f, gconstpointer data) {
         JsonObject *o;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         g_assert_cmpint(sync_call(f->event, f->client, "/v3/maintenance/status", "{}", &f->r), ==, 0);
         o = json_node_get_object(f->r.reply);
@@ -514,7 +504,7 @@ static void test_call_cancel(Fixture *f, gconstpointer data) {
         g_autofree char *key = test_key("k");
         unsigned n_cancelled = 0;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         put(f, key, "v", 0);
 
@@ -553,7 +543,7 @@ static void test_call_free_in_flight(Fixture *f, gconstpointer data) {
         g_autofree char *key = test_key("k");
         EtcdWatch *w;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         put(f, key, "v", 0);
         for (unsigned round = 0; round < 4; round++) {
@@ -592,7 +582,7 @@ static void test_watch_in_order(Fixture *f, gconstpointer data) {
         g_autofree char *expected = NULL;
         int64_t start;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         /* History first, then the watch replays it from start. */
         start = put(f, k1, "a", 0);
@@ -627,7 +617,7 @@ static void test_watch_from_now(Fixture *f, gconstpointer data) {
         _cleanup_(watch_recorder_clear) WatchRecorder w = {};
         g_autofree char *expected = NULL;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         put(f, key, "before", 0);
         watch_recorder_start(&w, f->client, key, NULL);
@@ -636,8 +626,7 @@ static void test_watch_from_now(Fixture *f, gconstpointer data) {
 
         put(f, key, "after", 0);
         g_assert_cmpint(sync_delete(f->event, f->client, key, false, &f->r), ==, 0);
-        while (w.n_events < 2)
-                g_assert_cmpint(sd_event_run(f->event, 10 * SEC), >, 0);
+        test_run_until_count(f->event, &w.n_events, 2, 10 * SEC);
         expected = g_strdup_printf("PUT:%s=after DELETE:%s ", key, key);
         g_assert_cmpstr(w.log->str, ==, expected);
 }
@@ -646,7 +635,7 @@ static void test_watch_cancel(Fixture *f, gconstpointer data) {
         g_autofree char *prefix = test_key("");
         _cleanup_(watch_recorder_clear) WatchRecorder cancelled = {}, control = {}, dropped = {};
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         watch_recorder_start(&cancelled, f->client, prefix, &(EtcdWatchOptions) { .prefix = true });
         cancelled.cancel_after_first = true;
@@ -664,8 +653,7 @@ static void test_watch_cancel(Fixture *f, gconstpointer data) {
                 put(f, key, "v", 0);
         }
         /* The control watch saw every put: the cancelled one would have too. */
-        while (control.n_events < 5)
-                g_assert_cmpint(sd_event_run(f->event, 10 * SEC), >, 0);
+        test_run_until_count(f->event, &control.n_events, 5, 10 * SEC);
 
         g_assert_cmpuint(cancelled.n_events, ==, 1);
         g_assert_cmpuint(cancelled.n_errors, ==, 0);
@@ -683,7 +671,7 @@ static void test_failover_dead_first(Fixture *f, gconstpointer data) {
         char *endpoints[] = { dead, NULL, NULL };
         EtcdClient *c = NULL;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         endpoints[1] = (char *) etcd_cluster_endpoint(cluster, 1);
         g_assert_cmpint(etcd_client_new(f->event, endpoints, 5 * SEC, &c), ==, 0);
@@ -712,7 +700,7 @@ static void test_compacted(Fixture *f, gconstpointer data) {
         _cleanup_(watch_recorder_clear) WatchRecorder w = {};
         int64_t old, now;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         old = put(f, key, "1", 0);
         now = put(f, key, "2", 0);
@@ -732,11 +720,7 @@ static void test_compacted(Fixture *f, gconstpointer data) {
 }
 
 int main(int argc, char *argv[]) {
-        int r;
-
-        g_test_init(&argc, &argv, NULL);
-
-        cluster = etcd_cluster_start(3, &skip_reason);
+        cluster = etcd_test_init(&argc, &argv, 3);
 
 #define ADD(path, func) g_test_add(path, Fixture, NULL, fixture_setup, func, fixture_teardown)
         ADD("/etcd/lease/grant", test_lease_grant);
@@ -759,8 +743,5 @@ int main(int argc, char *argv[]) {
         ADD("/etcd/failover/dead-first-endpoint", test_failover_dead_first);
         ADD("/etcd/compaction/range-and-watch", test_compacted);
 
-        r = g_test_run();
-        etcd_cluster_stop(cluster);
-        g_free(skip_reason);
-        return r;
+        return etcd_test_run();
 }

@@ -21,7 +21,6 @@
 #define CALL_TIMEOUT_USEC (5U * SEC)
 
 static EtcdCluster *cluster;
-static char *skip_reason;
 
 typedef struct Fixture {
         sd_event *event;
@@ -66,10 +65,7 @@ static void test_kill_leader(Fixture *f, gconstpointer data) {
         uint64_t start;
         int64_t lease;
 
-        if (!cluster) {
-                g_test_skip(skip_reason);
-                return;
-        }
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         /* The leader first: the client talks to it until it dies. */
         leader = find_leader(f);
@@ -128,10 +124,7 @@ static void test_all_down(Fixture *f, gconstpointer data) {
         _cleanup_(etcd_client_freep) EtcdClient *c = NULL;
         uint64_t start, elapsed;
 
-        if (!cluster) {
-                g_test_skip(skip_reason);
-                return;
-        }
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         g_assert_cmpint(etcd_client_new(f->event, etcd_cluster_endpoints(cluster), CALL_TIMEOUT_USEC, &c), ==, 0);
         for (unsigned i = 0; i < 3; i++)
@@ -158,17 +151,10 @@ static void test_all_down(Fixture *f, gconstpointer data) {
 }
 
 int main(int argc, char *argv[]) {
-        int r;
-
-        g_test_init(&argc, &argv, NULL);
-
-        cluster = etcd_cluster_start(3, &skip_reason);
+        cluster = etcd_test_init(&argc, &argv, 3);
 
         g_test_add("/etcd/failover/kill-leader", Fixture, NULL, fixture_setup, test_kill_leader, fixture_teardown);
         g_test_add("/etcd/failover/all-members-down", Fixture, NULL, fixture_setup, test_all_down, fixture_teardown);
 
-        r = g_test_run();
-        etcd_cluster_stop(cluster);
-        g_free(skip_reason);
-        return r;
+        return etcd_test_run();
 }
