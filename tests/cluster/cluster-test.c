@@ -15,8 +15,7 @@ void cluster_test_init(int *argc, char ***argv) {
 }
 
 void cluster_test_init_tls(int *argc, char ***argv) {
-        g_test_init(argc, argv, NULL);
-        cluster = etcd_cluster_start_tls(3, &skip_reason);
+        cluster = etcd_test_init_tls(argc, argv, 3);
 }
 
 int cluster_test_run(void) {

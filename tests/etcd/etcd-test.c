@@ -635,6 +635,12 @@ EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n) {
         return shared_cluster;
 }
 
+EtcdCluster *etcd_test_init_tls(int *argc, char ***argv, unsigned n) {
+        g_test_init(argc, argv, NULL);
+        shared_cluster = etcd_cluster_start_tls(n, &shared_skip_reason);
+        return shared_cluster;
+}
+
 int etcd_test_run(void) {
         int r;
 

@@ -73,6 +73,8 @@ char *test_dead_endpoint(void);
  * returns NULL and etcd_test_skip() skips each case with the reason.
  * etcd_test_run() runs the cases (g_test_run()) and stops the cluster. */
 EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n);
+/* The same with a TLS cluster (etcd_cluster_start_tls()). */
+EtcdCluster *etcd_test_init_tls(int *argc, char ***argv, unsigned n);
 int etcd_test_run(void);
 /* True (after g_test_skip() with the reason) when there is no cluster. */
 bool etcd_test_skip(void);

@@ -23,7 +23,6 @@
 #define CALL_TIMEOUT_USEC (20U * SEC)
 
 static EtcdCluster *cluster;
-static char *skip_reason;
 
 typedef struct Fixture {
         sd_event *event;
@@ -38,14 +37,6 @@ static void fixture_teardown(Fixture *f, gconstpointer data) {
         sync_result_clear(&f->r);
         sd_event_unref(f->event);
 }
-
-#define SKIP_WITHOUT_CLUSTER()                          \
-        do {                                            \
-                if (!cluster) {                         \
-                        g_test_skip(skip_reason);       \
-                        return;                         \
-                }                                       \
-        } while (false)
 
 static EtcdClient *client_new(Fixture *f, const EtcdTlsOptions *tls) {
         EtcdClient *c = NULL;
@@ -80,7 +71,7 @@ static void test_client_certificate(Fixture *f, gconstpointer data) {
         const EtcdClusterTls *tls;
         int64_t lease;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
         tls = etcd_cluster_tls(cluster);
         g_assert_nonnull(tls);
         g_assert_true(g_str_has_prefix(etcd_cluster_endpoint(cluster, 0), "https://"));
@@ -117,7 +108,7 @@ static void test_no_client_certificate(Fixture *f, gconstpointer data) {
         _cleanup_(etcd_client_freep) EtcdClient *c = NULL;
         _cleanup_(watch_recorder_clear) WatchRecorder w = {};
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         c = client_new(f, &(EtcdTlsOptions) { .ca_file = etcd_cluster_tls(cluster)->ca_file });
         /* etcd's alert, as OpenSSL names it: "bad certificate" (TLS 1.2)
@@ -139,7 +130,7 @@ static void test_wrong_ca(Fixture *f, gconstpointer data) {
         const EtcdClusterTls *tls;
         _cleanup_(etcd_client_freep) EtcdClient *c = NULL;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
         tls = etcd_cluster_tls(cluster);
 
         c = client_new(f, &(EtcdTlsOptions) {
@@ -156,7 +147,7 @@ static void test_system_store(Fixture *f, gconstpointer data) {
         const EtcdClusterTls *tls;
         _cleanup_(etcd_client_freep) EtcdClient *c = NULL;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
         tls = etcd_cluster_tls(cluster);
 
         c = client_new(f, &(EtcdTlsOptions) { .cert_file = tls->cert_file, .key_file = tls->key_file });
@@ -168,7 +159,7 @@ static void test_missing_ca_file(Fixture *f, gconstpointer data) {
         g_autofree char *missing = NULL;
         _cleanup_(etcd_client_freep) EtcdClient *c = NULL;
 
-        SKIP_WITHOUT_CLUSTER();
+        ETCD_SKIP_WITHOUT_CLUSTER();
 
         missing = g_strconcat(etcd_cluster_tls(cluster)->ca_file, ".missing", NULL);
         c = client_new(f, &(EtcdTlsOptions) { .ca_file = missing });
@@ -192,11 +183,7 @@ static void test_set_tls_invalid(Fixture *f, gconstpointer data) {
 #define add(path, func) g_test_add((path), Fixture, NULL, fixture_setup, (func), fixture_teardown)
 
 int main(int argc, char *argv[]) {
-        int r;
-
-        g_test_init(&argc, &argv, NULL);
-
-        cluster = etcd_cluster_start_tls(1, &skip_reason);
+        cluster = etcd_test_init_tls(&argc, &argv, 1);
 
         add("/etcd/tls/client-certificate", test_client_certificate);
         add("/etcd/tls/no-client-certificate", test_no_client_certificate);
@@ -205,8 +192,5 @@ int main(int argc, char *argv[]) {
         add("/etcd/tls/missing-ca-file", test_missing_ca_file);
         add("/etcd/tls/set-tls-invalid", test_set_tls_invalid);
 
-        r = g_test_run();
-        etcd_cluster_stop(cluster);
-        g_free(skip_reason);
-        return r;
+        return etcd_test_run();
 }
