@@ -445,6 +445,14 @@ static void cluster_call_fail_etcd(Manager *m, ClusterCall *c, const char *faile
         cluster_call_fail(c, &e);
 }
 
+/* NotLocked, for the call's resource. */
+static void cluster_call_fail_not_locked(ClusterCall *c) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+
+        sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
+        cluster_call_fail(c, &e);
+}
+
 static void on_cluster_not_owned(Manager *m, int error, const char *error_message, GPtrArray *holds,
                                  void *userdata) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -454,10 +462,8 @@ static void on_cluster_not_owned(Manager *m, int error, const char *error_messag
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "read", error, error_message);
 
-        if (holds->len == 0) {
-                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
-                return cluster_call_fail(c, &e);
-        }
+        if (holds->len == 0)
+                return cluster_call_fail_not_locked(c);
         first = holds->pdata[0];
         sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_OWNER,
                           "Resource '%s' locked by uid " UID_FMT "%s%s cannot be %s by uid " UID_FMT,
@@ -488,6 +494,9 @@ static void on_cluster_unlocked(Manager *m, int error, const char *error_message
         /* It was not the caller's any more: say whose it is. */
         if (error == -ENOENT)
                 return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
+        /* The caller's own earlier Unlock took it away. */
+        if (error == -ENOLCK)
+                return cluster_call_fail_not_locked(c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "remove", error, error_message);
         cluster_call_reply(c, NULL);
@@ -508,6 +517,9 @@ static void on_cluster_refreshed(Manager *m, int error, const char *error_messag
 
         if (error == -ENOENT)
                 return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
+        /* The caller's own earlier Unlock took it away. */
+        if (error == -ENOLCK)
+                return cluster_call_fail_not_locked(c);
         if (error < 0)
                 return cluster_call_fail_etcd(m, c, "refresh", error, error_message);
         cluster_call_reply(c, "t", expires_usec);
@@ -523,15 +535,12 @@ static int cluster_refresh(Manager *m, sd_bus_message *message, const char *reso
 }
 
 static void on_cluster_broken(Manager *m, int n_or_error, const char *error_message, void *userdata) {
-        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         ClusterCall *c = userdata;
 
         if (n_or_error < 0)
                 return cluster_call_fail_etcd(m, c, "break", n_or_error, error_message);
-        if (n_or_error == 0) {
-                sd_bus_error_setf(&e, LOCKBUS_ERROR_NOT_LOCKED, "Resource '%s' not locked", c->resource);
-                return cluster_call_fail(c, &e);
-        }
+        if (n_or_error == 0)
+                return cluster_call_fail_not_locked(c);
         cluster_call_reply(c, NULL);
 }
 

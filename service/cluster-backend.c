@@ -23,10 +23,10 @@ struct ClusterBackend {
         char *machine_id;
         GHashTable *pending;            /* Pending * (owned) */
         GHashTable *pending_per_uid;    /* uid → how many of pending are its (quotas) */
-        /* Unlocks under way, by "SENDER\nRESOURCE": the requests of that
+        /* Unlocks under way, by "SENDER\nRESOURCE": the calls of that
          * caller for that resource that came after the Unlock wait for it
-         * (GQueue of AcquireRequest *), so that a caller's calls are served
-         * in order, as on one host (lockbus_unlock_nowait() relies on it). */
+         * (GQueue of Deferred *), so that a caller's calls are served in
+         * order, as on one host (lockbus_unlock_nowait() relies on it). */
         GHashTable *unlocking;
         unsigned n_deferred;
         bool adopted;                   /* this machine's persistent holds are in the table */
@@ -58,6 +58,14 @@ typedef struct HoldCall {
         void *callback;
         void *userdata;
 } HoldCall;
+
+/* A call waiting in backend->unlocking: an Acquire, or an Unlock or
+ * Refresh of the hold being unlocked. */
+typedef struct Deferred {
+        AcquireRequest *req;
+        HoldCall *call;
+        bool refresh;
+} Deferred;
 
 static HoldCall *hold_call_new(ClusterBackend *b, const Hold *h, void *callback, void *userdata) {
         HoldCall *c = g_new0(HoldCall, 1);
@@ -307,7 +315,10 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
         int r;
 
         if (after_unlock) {
-                g_queue_push_tail(after_unlock, req);
+                Deferred *d = g_new0(Deferred, 1);
+
+                d->req = req;
+                g_queue_push_tail(after_unlock, d);
                 b->n_deferred++;
                 return;
         }
@@ -350,14 +361,16 @@ void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
                 GQueue *queue = p;
 
                 for (GList *l = queue->head, *next; l; l = next) {
-                        AcquireRequest *req = l->data;
+                        Deferred *d = l->data;
 
                         next = l->next;
-                        if (!streq(req->caller.name, sender))
+                        /* An Unlock or Refresh is answered in turn. */
+                        if (!d->req || !streq(d->req->caller.name, sender))
                                 continue;
                         g_queue_delete_link(queue, l);
                         b->n_deferred--;
-                        manager_answer_request(req, -ECONNRESET, NULL, -1);
+                        manager_answer_request(d->req, -ECONNRESET, NULL, -1);
+                        g_free(d);
                 }
         }
 }
@@ -383,13 +396,83 @@ void cluster_backend_forget(ClusterBackend *b, Hold *h) {
         (void) cluster_locks_release(b->locks, ch, NULL, NULL);
 }
 
+static void deferred_answer(ClusterBackend *b, Deferred *d, int error, const char *error_message) {
+        HoldCall *call = d->call;
+
+        if (d->refresh)
+                ((ClusterBackendRefreshDone) call->callback)(b->manager, error, error_message, 0, call->userdata);
+        else
+                ((ClusterBackendDone) call->callback)(b->manager, error, error_message, call->userdata);
+}
+
+/* Serves (and frees) a call that waited for its caller's Unlock, which
+ * etcd answered with unlock_error. */
+static void run_deferred(ClusterBackend *b, Deferred *d, int unlock_error) {
+        HoldCall *call = d->call;
+        Hold *h;
+
+        if (d->req) {
+                b->n_deferred--;
+                cluster_backend_submit(b, d->req);
+                g_free(d);
+                return;
+        }
+
+        h = find_local_hold(b, call->resource, call->token);
+        if (h && h->cluster_hold) {
+                /* The Unlock failed: the hold is still there. */
+                if (d->refresh)
+                        cluster_backend_refresh(b, h, call->callback, call->userdata);
+                else
+                        cluster_backend_unlock(b, h, call->callback, call->userdata);
+        } else
+                /* Gone with the caller's own Unlock: not locked, as far as
+                 * its calls go (as on one host). If another host had taken
+                 * it away first, the caller hears who holds it now. */
+                deferred_answer(b, d, unlock_error >= 0 ? -ENOLCK : -ENOENT, NULL);
+        hold_call_free(call);
+        g_free(d);
+}
+
+/* Answers (and frees) a call that waited for an Unlock, at exit. */
+static void abandon_deferred(ClusterBackend *b, Deferred *d) {
+        if (d->req)
+                manager_answer_request(d->req, -ECONNRESET, NULL, -1);
+        else {
+                deferred_answer(b, d, -ECONNRESET, "lockbusd is exiting");
+                hold_call_free(d->call);
+        }
+        g_free(d);
+}
+
+/* What the caller asked after an Unlock goes on, in order, once etcd
+ * answered it; behind the next Unlock of the hold if one of them starts
+ * one (the first failed). */
+static void run_after_unlock(ClusterBackend *b, const char *key, int unlock_error) {
+        GQueue *queue = g_hash_table_lookup(b->unlocking, key), *next;
+        Deferred *d;
+
+        if (!queue)
+                return;
+        /* The table frees its key, not the queue. */
+        g_hash_table_remove(b->unlocking, key);
+        while ((d = g_queue_pop_head(queue))) {
+                run_deferred(b, d, unlock_error);
+                next = g_hash_table_lookup(b->unlocking, key);
+                if (next) {
+                        while ((d = g_queue_pop_head(queue)))
+                                g_queue_push_tail(next, d);
+                        break;
+                }
+        }
+        g_queue_free(queue);
+}
+
 static void on_unlocked(ClusterLocks *c, int error, const char *error_message, void *userdata) {
         HoldCall *call = userdata;
         ClusterBackend *b = call->backend;
         ClusterBackendDone callback = call->callback;
         Hold *h = find_local_hold(b, call->resource, call->token);
-        AcquireRequest *req;
-        GQueue *queue;
 
         if (error >= 0) {
                 if (h)
@@ -405,27 +488,36 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
                 h->cluster_hold = call->cluster_hold;
 
         callback(b->manager, error, error_message, call->userdata);
-
-        /* What the caller asked after the Unlock goes on, in order. */
-        queue = g_hash_table_lookup(b->unlocking, call->order_key);
-        if (queue) {
-                /* The table frees its key, not the queue. */
-                g_hash_table_remove(b->unlocking, call->order_key);
-                while ((req = g_queue_pop_head(queue))) {
-                        b->n_deferred--;
-                        cluster_backend_submit(b, req);
-                }
-                g_queue_free(queue);
-        }
+        run_after_unlock(b, call->order_key, error);
         hold_call_free(call);
+}
+
+/* An Unlock or Refresh of a hold whose key is being deleted waits for that
+ * in the Unlock's queue. Returns false if no Unlock is under way (a Break
+ * is). */
+static bool defer_behind_unlock(ClusterBackend *b, Hold *h, bool refresh, void *callback, void *userdata) {
+        g_autofree char *key = order_key(h->sender, h->resource);
+        GQueue *queue = g_hash_table_lookup(b->unlocking, key);
+        Deferred *d;
+
+        if (!queue)
+                return false;
+        d = g_new0(Deferred, 1);
+        d->call = hold_call_new(b, h, callback, userdata);
+        d->refresh = refresh;
+        g_queue_push_tail(queue, d);
+        return true;
 }
 
 void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata) {
         HoldCall *call;
         int r;
 
-        if (!h->cluster_hold)
-                return callback(b->manager, -EINPROGRESS, "an unlock of it is under way", userdata);
+        if (!h->cluster_hold) {
+                if (defer_behind_unlock(b, h, false, callback, userdata))
+                        return;
+                return callback(b->manager, -EINPROGRESS, "a Break of it is under way", userdata);
+        }
 
         call = hold_call_new(b, h, callback, userdata);
         h->cluster_hold = NULL;
@@ -468,8 +560,11 @@ void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDo
         HoldCall *call;
         int r;
 
-        if (!h->cluster_hold)
-                return callback(b->manager, -EINPROGRESS, "an unlock of it is under way", 0, userdata);
+        if (!h->cluster_hold) {
+                if (defer_behind_unlock(b, h, true, callback, userdata))
+                        return;
+                return callback(b->manager, -EINPROGRESS, "a Break of it is under way", 0, userdata);
+        }
 
         call = hold_call_new(b, h, callback, userdata);
         r = cluster_locks_refresh(b->locks, h->cluster_hold, on_refreshed, call);
@@ -1008,10 +1103,10 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
         g_hash_table_iter_init(&iter, b->unlocking);
         while (g_hash_table_iter_next(&iter, NULL, &p)) {
                 GQueue *queue = p;
-                AcquireRequest *req;
+                Deferred *d;
 
-                while ((req = g_queue_pop_head(queue)))
-                        manager_answer_request(req, -ECONNRESET, NULL, -1);
+                while ((d = g_queue_pop_head(queue)))
+                        abandon_deferred(b, d);
                 g_queue_free(queue);
         }
         g_hash_table_destroy(b->unlocking);

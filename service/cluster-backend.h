@@ -84,7 +84,10 @@ void cluster_backend_forget(ClusterBackend *b, Hold *h);
 /* Unlock by the owner: callback(m, 0, NULL, userdata) once etcd deleted the
  * key (the Hold is then out of the table and freed); -ENOENT if the key was
  * gone already (another host broke it; the Hold is freed too); else the
- * error and etcd's message, and the hold stays. */
+ * error and etcd's message, and the hold stays. A second Unlock (or a
+ * Refresh) while one is under way waits for it, and then gets -ENOLCK if it
+ * took the hold away (not locked, as on one host), or is carried out if it
+ * failed; -EINPROGRESS while a Break of the hold is under way. */
 void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata);
 
 /* Refresh: the new expiry (CLOCK_REALTIME µs, 0 without TTL). */

@@ -8,9 +8,9 @@
  * deleted at once; one whose lease expired first is told LockLost by the
  * next daemon), a lockbusd stopped with SIGTERM (its lease revoked, the
  * holder told), a grant etcd made that the daemon cannot set up (no fd
- * for the pipe: refused with Storage, the key deleted), a second Unlock
- * while etcd does not answer the first (refused at once; an Acquire after
- * the first waits for it), one etcd member killed (locking goes on, leases
+ * for the pipe: refused with Storage, the key deleted), a second Unlock,
+ * a Refresh and an Acquire while etcd does not answer the first Unlock
+ * (they wait for it, then are answered in order), one etcd member killed (locking goes on, leases
  * stay), and every member killed (Lock fails with Storage naming etcd and
  * its endpoints, never a grant; the holds on the lost lease are dropped
  * and their holder told).
@@ -350,11 +350,12 @@ static void test_grant_not_set_up(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
 }
 
-static TestCall *unlock_async(sd_bus *bus, const char *resource) {
+/* Unlock or Refresh, without waiting for the answer. */
+static TestCall *call_async(sd_bus *bus, const char *method, const char *resource) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
 
         g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
-                                                       LOCKBUS_MANAGER_IFACE, "Unlock"), >=, 0);
+                                                       LOCKBUS_MANAGER_IFACE, method), >=, 0);
         g_assert_cmpint(sd_bus_message_append(m, "s", resource), >=, 0);
         return test_call_async(bus, m, 0);
 }
@@ -367,18 +368,17 @@ static uint64_t reply_cookie(TestCall *c) {
 }
 
 /* etcd stops answering (every member SIGSTOPped) while A's first Unlock
- * deletes the hold's key: a second Unlock of it by the same caller is
- * refused at once, saying an unlock is under way, and an Acquire sent
- * after the first Unlock waits for it. Once etcd answers again the first
- * Unlock succeeds, then the Acquire (timeout 0) is granted with a new
- * token: the old key was gone before it was decided, as on one host. A
- * lease TTL far beyond the pause, so that only the calls wait for etcd. */
+ * deletes the hold's key: a second Unlock and a Refresh of it by the same
+ * caller, and an Acquire, all sent after the first Unlock, wait for it.
+ * Once etcd answers again they are answered in the order asked, as on one
+ * host: the first Unlock succeeds, the second Unlock and the Refresh find
+ * it not locked, and the Acquire (timeout 0) is granted with a new token.
+ * A lease TTL far beyond the pause, so that only the calls wait for etcd. */
 static void test_unlock_twice_etcd_paused(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        g_autoptr(TestCall) unlock1 = NULL, acquire = NULL;
+        g_autoptr(TestCall) unlock1 = NULL, unlock2 = NULL, refresh = NULL, acquire = NULL;
         g_autoptr(GPtrArray) holders = NULL;
-        g_autofree char *endpoints = g_strjoinv(", ", etcd_cluster_endpoints(f->etcd));
-        g_autofree char *message = NULL, *sender_a = NULL;
+        g_autofree char *sender_a = NULL;
         uint64_t t, t_again;
         int r;
 
@@ -388,18 +388,17 @@ static void test_unlock_twice_etcd_paused(ClusterFixture *f, gconstpointer data)
         for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
                 etcd_cluster_pause_member(f->etcd, i);
 
-        unlock1 = unlock_async(f->a.client, "u");
-        /* Read after Unlock #1 on the same connection: #1 is under way. */
-        r = test_unlock(f->a.client, "u", &error);
-        message = g_strdup_printf("Failed to remove the lock on 'u' in etcd (%s): an unlock of it is under way",
-                                  endpoints);
-        assert_call_error(r, &error, LOCKBUS_ERROR_STORAGE, message);
-        sd_bus_error_free(&error);
+        unlock1 = call_async(f->a.client, "Unlock", "u");
+        unlock2 = call_async(f->a.client, "Unlock", "u");
+        refresh = call_async(f->a.client, "Refresh", "u");
         acquire = test_acquire_async(f->a.client, "u", NULL);
-        assert_call_pending(unlock1);
-        assert_call_pending(acquire);
-        /* Still A's meanwhile: nothing was deleted. */
+        /* Read after all four on the same connection: none is answered,
+         * and the hold is still A's (nothing was deleted). */
         g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+        assert_call_pending(unlock1);
+        assert_call_pending(unlock2);
+        assert_call_pending(refresh);
+        assert_call_pending(acquire);
 
         for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
                 etcd_cluster_resume_member(f->etcd, i);
@@ -407,10 +406,20 @@ static void test_unlock_twice_etcd_paused(ClusterFixture *f, gconstpointer data)
         test_call_wait(unlock1);
         r = test_call_result(unlock1, &error);
         assert_call_ok(r, &error);
+        test_call_wait(unlock2);
+        r = test_call_result(unlock2, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_NOT_LOCKED, "Resource 'u' not locked");
+        sd_bus_error_free(&error);
+        test_call_wait(refresh);
+        r = test_call_result(refresh, &error);
+        assert_call_error(r, &error, LOCKBUS_ERROR_NOT_LOCKED, "Resource 'u' not locked");
+        sd_bus_error_free(&error);
         t_again = test_call_wait_token(acquire);
         g_assert_cmpuint(t_again, >, t);
         /* Answered in the order asked. */
-        g_assert_cmpuint(reply_cookie(unlock1), <, reply_cookie(acquire));
+        g_assert_cmpuint(reply_cookie(unlock1), <, reply_cookie(unlock2));
+        g_assert_cmpuint(reply_cookie(unlock2), <, reply_cookie(refresh));
+        g_assert_cmpuint(reply_cookie(refresh), <, reply_cookie(acquire));
 
         /* The new hold is the only one, on both hosts. */
         sender_a = cluster_sender(&f->a, f->a.client);
