@@ -506,7 +506,7 @@ static int cluster_unlock(Manager *m, sd_bus_message *message, const char *resou
         Hold *h;
 
         if (cluster_find_callers_hold(m, message, resource, caller, "unlock", "unlocked", &h) > 0)
-                cluster_backend_unlock(m->cluster, h, on_cluster_unlocked,
+                cluster_backend_unlock(m->cluster, h, caller->name, on_cluster_unlocked,
                                        cluster_call_new(message, resource, caller, "unlock", "unlocked"));
         return 1;
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <inttypes.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@ struct ClusterBackend {
          * (GQueue of Deferred *), so that a caller's calls are served in
          * order, as on one host (lockbus_unlock_nowait() relies on it). */
         GHashTable *unlocking;
+        GHashTable *unlock_of_hold;     /* "RESOURCE\nTOKEN" → its Unlock's key in unlocking */
         unsigned n_deferred;
         bool adopted;                   /* this machine's persistent holds are in the table */
         bool start_done;                /* the first lease and the adoption finished, or failed */
@@ -65,7 +67,17 @@ typedef struct Deferred {
         AcquireRequest *req;
         HoldCall *call;
         bool refresh;
+        char *caller;                   /* an Unlock's */
 } Deferred;
+
+static void deferred_free(Deferred *d) {
+        g_free(d->caller);
+        g_free(d);
+}
+
+static char *hold_key(const char *resource, uint64_t token) {
+        return g_strdup_printf("%s\n%" PRIu64, resource, token);
+}
 
 static HoldCall *hold_call_new(ClusterBackend *b, const Hold *h, void *callback, void *userdata) {
         HoldCall *c = g_new0(HoldCall, 1);
@@ -370,7 +382,7 @@ void cluster_backend_peer_gone(ClusterBackend *b, const char *sender) {
                         g_queue_delete_link(queue, l);
                         b->n_deferred--;
                         manager_answer_request(d->req, -ECONNRESET, NULL, -1);
-                        g_free(d);
+                        deferred_free(d);
                 }
         }
 }
@@ -414,7 +426,7 @@ static void run_deferred(ClusterBackend *b, Deferred *d, int unlock_error) {
         if (d->req) {
                 b->n_deferred--;
                 cluster_backend_submit(b, d->req);
-                g_free(d);
+                deferred_free(d);
                 return;
         }
 
@@ -424,14 +436,14 @@ static void run_deferred(ClusterBackend *b, Deferred *d, int unlock_error) {
                 if (d->refresh)
                         cluster_backend_refresh(b, h, call->callback, call->userdata);
                 else
-                        cluster_backend_unlock(b, h, call->callback, call->userdata);
+                        cluster_backend_unlock(b, h, d->caller, call->callback, call->userdata);
         } else
                 /* Gone with the caller's own Unlock: not locked, as far as
                  * its calls go (as on one host). If another host had taken
                  * it away first, the caller hears who holds it now. */
                 deferred_answer(b, d, unlock_error >= 0 ? -ENOLCK : -ENOENT, NULL);
         hold_call_free(call);
-        g_free(d);
+        deferred_free(d);
 }
 
 /* Answers (and frees) a call that waited for an Unlock, at exit. */
@@ -442,7 +454,7 @@ static void abandon_deferred(ClusterBackend *b, Deferred *d) {
                 deferred_answer(b, d, -ECONNRESET, "lockbusd is exiting");
                 hold_call_free(d->call);
         }
-        g_free(d);
+        deferred_free(d);
 }
 
 /* What the caller asked after an Unlock goes on, in order, once etcd
@@ -473,7 +485,9 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         ClusterBackend *b = call->backend;
         ClusterBackendDone callback = call->callback;
         Hold *h = find_local_hold(b, call->resource, call->token);
+        g_autofree char *hk = hold_key(call->resource, call->token);
 
+        g_hash_table_remove(b->unlock_of_hold, hk);
         if (error >= 0) {
                 if (h)
                         drop_hold(b, h, "Released (unlocked)");
@@ -492,29 +506,32 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         hold_call_free(call);
 }
 
-/* An Unlock or Refresh of a hold whose key is being deleted waits for that
- * in the Unlock's queue. Returns false if no Unlock is under way (a Break
- * is). */
-static bool defer_behind_unlock(ClusterBackend *b, Hold *h, bool refresh, void *callback, void *userdata) {
-        g_autofree char *key = order_key(h->sender, h->resource);
-        GQueue *queue = g_hash_table_lookup(b->unlocking, key);
+/* An Unlock (caller: its sender) or Refresh (caller NULL) of a hold whose
+ * key is being deleted waits for that in the Unlock's queue. Returns false
+ * if no Unlock is under way (a Break is). */
+static bool defer_behind_unlock(ClusterBackend *b, Hold *h, const char *caller, void *callback, void *userdata) {
+        g_autofree char *hk = hold_key(h->resource, h->token);
+        const char *key = g_hash_table_lookup(b->unlock_of_hold, hk);
+        GQueue *queue = key ? g_hash_table_lookup(b->unlocking, key) : NULL;
         Deferred *d;
 
         if (!queue)
                 return false;
         d = g_new0(Deferred, 1);
         d->call = hold_call_new(b, h, callback, userdata);
-        d->refresh = refresh;
+        d->refresh = !caller;
+        d->caller = g_strdup(caller);
         g_queue_push_tail(queue, d);
         return true;
 }
 
-void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata) {
+void cluster_backend_unlock(ClusterBackend *b, Hold *h, const char *caller, ClusterBackendDone callback,
+                            void *userdata) {
         HoldCall *call;
         int r;
 
         if (!h->cluster_hold) {
-                if (defer_behind_unlock(b, h, false, callback, userdata))
+                if (defer_behind_unlock(b, h, caller, callback, userdata))
                         return;
                 return callback(b->manager, -EINPROGRESS, "a Break of it is under way", userdata);
         }
@@ -528,9 +545,10 @@ void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callb
                 return callback(b->manager, r, NULL, userdata);
         }
 
-        call->order_key = order_key(h->sender, h->resource);
+        call->order_key = order_key(caller, h->resource);
         if (!g_hash_table_contains(b->unlocking, call->order_key))
                 g_hash_table_insert(b->unlocking, g_strdup(call->order_key), g_queue_new());
+        g_hash_table_replace(b->unlock_of_hold, hold_key(h->resource, h->token), g_strdup(call->order_key));
 }
 
 static void on_refreshed(ClusterLocks *c, int error, const char *error_message, uint64_t expires_usec,
@@ -561,7 +579,7 @@ void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDo
         int r;
 
         if (!h->cluster_hold) {
-                if (defer_behind_unlock(b, h, true, callback, userdata))
+                if (defer_behind_unlock(b, h, NULL, callback, userdata))
                         return;
                 return callback(b->manager, -EINPROGRESS, "a Break of it is under way", 0, userdata);
         }
@@ -1008,6 +1026,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         b->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, (GDestroyNotify) pending_free, NULL);
         b->pending_per_uid = g_hash_table_new(g_direct_hash, g_direct_equal);
         b->unlocking = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        b->unlock_of_hold = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
         b->moves = g_ptr_array_new_with_free_func((GDestroyNotify) move_call_free);
         list = g_strjoinv(", ", config->endpoints);
         b->where = g_strdup_printf("etcd (%s)", list);
@@ -1110,6 +1129,7 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
                 g_queue_free(queue);
         }
         g_hash_table_destroy(b->unlocking);
+        g_hash_table_destroy(b->unlock_of_hold);
         b->locks = cluster_locks_free(b->locks);
         b->etcd = etcd_client_free(b->etcd);
         g_hash_table_destroy(b->pending);

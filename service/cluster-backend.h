@@ -81,14 +81,16 @@ unsigned cluster_backend_pending_count_of_uid(const ClusterBackend *b, uid_t uid
  * its key is deleted in the background. The caller frees the Hold. */
 void cluster_backend_forget(ClusterBackend *b, Hold *h);
 
-/* Unlock by the owner: callback(m, 0, NULL, userdata) once etcd deleted the
- * key (the Hold is then out of the table and freed); -ENOENT if the key was
- * gone already (another host broke it; the Hold is freed too); else the
- * error and etcd's message, and the hold stays. A second Unlock (or a
+/* Unlock by the owner (caller: the call's sender, whose later calls on the
+ * resource wait for it): callback(m, 0, NULL, userdata) once etcd deleted
+ * the key (the Hold is then out of the table and freed); -ENOENT if the key
+ * was gone already (another host broke it; the Hold is freed too); else
+ * the error and etcd's message, and the hold stays. A second Unlock (or a
  * Refresh) while one is under way waits for it, and then gets -ENOLCK if it
  * took the hold away (not locked, as on one host), or is carried out if it
  * failed; -EINPROGRESS while a Break of the hold is under way. */
-void cluster_backend_unlock(ClusterBackend *b, Hold *h, ClusterBackendDone callback, void *userdata);
+void cluster_backend_unlock(ClusterBackend *b, Hold *h, const char *caller, ClusterBackendDone callback,
+                            void *userdata);
 
 /* Refresh: the new expiry (CLOCK_REALTIME µs, 0 without TTL). */
 void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDone callback, void *userdata);

@@ -290,6 +290,26 @@ static void test_order_after_unlock_nowait(ClusterFixture *f, gconstpointer data
         g_assert_cmpuint(t, >, last);
 }
 
+/* The same for a persistent hold taken on one connection and unlocked
+ * from another of the same uid (as `lockbusctl lock` then `lockbusctl
+ * unlock`): the unlocking connection's next Acquire waits for its Unlock. */
+static void test_order_after_unlock_nowait_other_connection(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a2 = NULL;
+        uint64_t last = 0, t;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a2 = test_bus_connect(f->a.bus);
+
+        for (unsigned i = 0; i < 10; i++) {
+                t = test_lock_ok(f->a.client, "q");
+                g_assert_cmpuint(t, >, last);
+                unlock_nowait(a2, "q");
+                last = test_lock_ok(a2, "q");
+                g_assert_cmpuint(last, >, t);
+                test_unlock_ok(a2, "q");
+        }
+}
+
 static void assert_same_rows(GPtrArray *x, GPtrArray *y) {
         g_assert_cmpuint(x->len, ==, y->len);
         for (unsigned i = 0; i < x->len; i++) {
@@ -711,6 +731,8 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/ttl/refresh-and-expiry", test_ttl_refresh);
         cluster_test_add("/cluster/tokens/increase", test_tokens_increase);
         cluster_test_add("/cluster/order/unlock-nowait", test_order_after_unlock_nowait);
+        cluster_test_add("/cluster/order/unlock-nowait-other-connection",
+                         test_order_after_unlock_nowait_other_connection);
         cluster_test_add("/cluster/list/both-hosts", test_list_both_hosts);
         cluster_test_add("/cluster/reentry/refused", test_not_reentrant);
         cluster_test_add("/cluster/non-root/across-hosts", test_non_root);
