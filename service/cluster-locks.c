@@ -826,8 +826,9 @@ static void on_prefix_watch_event(EtcdWatch *w, const EtcdEvent *event, void *us
         g_autofree char *key = NULL;
 
         c->prefix_revision = MAX(c->prefix_revision, event->kv.mod_revision);
-        /* A put to one of our keys by someone else keeps its place and
-         * token: ignored (see the header). */
+        /* Only deletes come (a put to one of our keys by someone else keeps
+         * its place and token: ignored, see the header); the check keeps
+         * an etcd that ignored the filter harmless. */
         if (event->type != ETCD_EVENT_DELETE)
                 return;
         key = g_strndup(event->kv.key, event->kv.key_size);
@@ -864,6 +865,9 @@ static void prefix_watch_start(ClusterLocks *c) {
         EtcdWatchOptions options = {
                 .prefix = true,
                 .start_revision = c->prefix_revision + 1,
+                /* Every change in the cluster passes here: half of them
+                 * (the puts) need not. */
+                .deletes_only = true,
         };
         int r;
 

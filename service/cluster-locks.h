@@ -76,7 +76,7 @@
  * administrator's `etcdctl del`, a revocation of the lease the key is on.
  * Another host may then be granted the resource, so the holder must be
  * told. Each instance keeps ONE watch over the whole "<prefix>/locks/"
- * range, started when the first lease is ready, from the revision + 1 of a
+ * range, of its deletes only (etcd's NOPUT filter), started when the first lease is ready, from the revision + 1 of a
  * read of every key under it (keys only), so nothing between the read and
  * the watch is missed. On a DELETE of a key that belongs to a ClusterHold
  * of this instance (looked up by key; a deletion at a revision not above
@@ -94,7 +94,7 @@
  * deletes its keys: each of those holds is reported once, by hold_removed
  * or by lease_lost, whichever etcd tells first.
  * If the watch ends (a member gone, the connection lost) it is started
- * again from the last revision seen in an event + 1 (at once if etcd had
+ * again from the last revision seen in a delete + 1 (at once if etcd had
  * confirmed it, else with backoff, 100 ms doubling to 5 s); if that
  * revision was compacted, every key is read again (keys only) and each
  * hold whose key is missing from that read (or has another create
@@ -103,14 +103,14 @@
  * cluster_locks_adopt() does the same read (one at a time: adopts while
  * one is in flight share the next), since the adopted entry was read
  * before and may have been deleted before the watch saw anything.
- * A PUT to one of our keys by someone else is ignored: the key keeps its
+ * A PUT to one of our keys by someone else is not watched: the key keeps its
  * create_revision, so its place in the order and its token stand; only
  * what others read from the value changes (a value that no longer parses
  * counts as exclusive, and a lease put on it that then expires deletes
  * it: reported then). Whoever may write under the prefix may delete there
  * too; nothing here defends against such writers beyond telling deletes.
- * The cost: every instance receives every PUT and DELETE under the prefix
- * on its one stream (each acquire, grant, refresh and release of the whole
+ * The cost: every instance receives every DELETE under the prefix on its
+ * one stream (each release, and each request given up, of the whole
  * cluster: a few hundred bytes of JSON each), and parses each to look its
  * key up in a hash table; adopt and each compaction cost a read of every
  * key under the prefix (keys only). That is the trade for not polling and

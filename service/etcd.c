@@ -2092,6 +2092,12 @@ int etcd_watch(EtcdClient *c, const void *key, size_t key_size, const EtcdWatchO
                 set_int64(create, "start_revision", options->start_revision);
         if (options->prev_kv)
                 json_object_set_boolean_member(create, "prev_kv", true);
+        if (options->deletes_only) {
+                JsonArray *filters = json_array_new();
+
+                json_array_add_string_element(filters, "NOPUT");
+                json_object_set_array_member(create, "filters", filters);
+        }
         o = json_object_new();
         json_object_set_object_member(o, "create_request", create);
         request = node_take_object(o);

@@ -313,6 +313,7 @@ typedef struct EtcdWatchOptions {
         bool prefix;
         int64_t start_revision;         /* 0: from now on */
         bool prev_kv;
+        bool deletes_only;              /* etcd leaves PUT events out (filter NOPUT) */
 } EtcdWatchOptions;
 
 /* All borrowed, valid during the callback. created and event may be NULL.

@@ -631,6 +631,31 @@ static void test_watch_from_now(Fixture *f, gconstpointer data) {
         g_assert_cmpstr(w.log->str, ==, expected);
 }
 
+/* A watch of deletes only sees no puts, also in the history it replays. */
+static void test_watch_deletes_only(Fixture *f, gconstpointer data) {
+        g_autofree char *prefix = test_key("d/");
+        g_autofree char *k1 = test_key("d/1"), *k2 = test_key("d/2");
+        _cleanup_(watch_recorder_clear) WatchRecorder w = {};
+        g_autofree char *expected = NULL;
+        int64_t start;
+
+        ETCD_SKIP_WITHOUT_CLUSTER();
+
+        start = put(f, k1, "a", 0);
+        g_assert_cmpint(sync_delete(f->event, f->client, k1, false, &f->r), ==, 0);
+        watch_recorder_start(&w, f->client, prefix, &(EtcdWatchOptions) { .prefix = true, .start_revision = start,
+                                                                           .deletes_only = true });
+        test_run_until(f->event, &w.created, 10 * SEC);
+
+        put(f, k2, "b", 0);
+        put(f, k2, "c", 0);
+        g_assert_cmpint(sync_delete(f->event, f->client, k2, false, &f->r), ==, 0);
+        test_run_until_count(f->event, &w.n_events, 2, 10 * SEC);
+        expected = g_strdup_printf("DELETE:%s DELETE:%s ", k1, k2);
+        g_assert_cmpstr(w.log->str, ==, expected);
+        g_assert_cmpint(g_array_index(w.revisions, int64_t, 1), ==, f->r.revision);
+}
+
 static void test_watch_cancel(Fixture *f, gconstpointer data) {
         g_autofree char *prefix = test_key("");
         _cleanup_(watch_recorder_clear) WatchRecorder cancelled = {}, control = {}, dropped = {};
@@ -739,6 +764,7 @@ int main(int argc, char *argv[]) {
         ADD("/etcd/call/free-client-in-flight", test_call_free_in_flight);
         ADD("/etcd/watch/put-delete-in-order", test_watch_in_order);
         ADD("/etcd/watch/from-now", test_watch_from_now);
+        ADD("/etcd/watch/deletes-only", test_watch_deletes_only);
         ADD("/etcd/watch/cancel-stops-callbacks", test_watch_cancel);
         ADD("/etcd/failover/dead-first-endpoint", test_failover_dead_first);
         ADD("/etcd/compaction/range-and-watch", test_compacted);
