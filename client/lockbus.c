@@ -40,6 +40,9 @@ struct lockbus {
         char *error_name;               /* of the last failed call, NULL after a success */
         char *error_message;
         AsyncCall *async_calls;         /* lockbus_lock_async() calls not yet answered */
+        sd_bus_slot *lost_slot;         /* the LockLost match, while a handler is set */
+        lockbus_lost_handler_t lost_handler;
+        void *lost_userdata;
 };
 
 /* One lockbus_lock_async() call, the userdata of its reply slot. It is freed
@@ -333,6 +336,7 @@ static lockbus *lockbus_free(lockbus *l) {
                 }
         }
 
+        l->lost_slot = sd_bus_slot_unref(l->lost_slot);
         if (l->close_bus)
                 sd_bus_flush_close_unref(l->bus);
         else
@@ -808,6 +812,50 @@ _public_ int lockbus_get_lock_count(lockbus *l, uint32_t *ret) {
 
 _public_ int lockbus_get_waiter_count(lockbus *l, uint32_t *ret) {
         return get_property_u32(l, "WaiterCount", ret);
+}
+
+/* --- Holds that end without the handle asking ------------------------------- */
+
+static int on_lock_lost(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lockbus *l = userdata;
+        const char *resource, *reason;
+        uint64_t token;
+
+        /* A malformed signal is not lockbusd's: nothing to report. */
+        if (sd_bus_message_read(m, "sts", &resource, &token, &reason) < 0)
+                return 0;
+        if (l->lost_handler)
+                l->lost_handler(l, resource, token, reason, l->lost_userdata);
+        return 0;
+}
+
+_public_ int lockbus_set_lost_handler(lockbus *l, lockbus_lost_handler_t handler, void *userdata) {
+        int r;
+
+        if (!l)
+                return -EINVAL;
+
+        if (!handler) {
+                l->lost_slot = sd_bus_slot_unref(l->lost_slot);
+                l->lost_handler = NULL;
+                l->lost_userdata = NULL;
+                return 0;
+        }
+
+        if (!l->lost_slot) {
+                /* LockLost is addressed to us: the bus needs no match rule
+                 * for it, and the async AddMatch never blocks. On a direct
+                 * connection messages carry no sender. */
+                r = sd_bus_match_signal_async(l->bus, &l->lost_slot,
+                                              sd_bus_is_bus_client(l->bus) > 0 ? LOCKBUS_BUS_NAME : NULL,
+                                              LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "LockLost",
+                                              on_lock_lost, NULL, l);
+                if (r < 0)
+                        return r;
+        }
+        l->lost_handler = handler;
+        l->lost_userdata = userdata;
+        return 0;
 }
 
 /* --- Asynchronous acquisition ---------------------------------------------- */

@@ -161,6 +161,21 @@ int lockbus_get_lock_directory(lockbus *l, char **ret);
 int lockbus_get_lock_count(lockbus *l, uint32_t *ret);
 int lockbus_get_waiter_count(lockbus *l, uint32_t *ret);
 
+/* --- Holds that end without the handle asking --------------------------- */
+
+/* Called when a hold acquired through this handle ends without an unlock
+ * of its own (lockbusd's LockLost signal): reason "expired" (its TTL ran
+ * out), "broken" (someone's Break), or "lost" (cluster mode: with the
+ * daemon's etcd lease, or the daemon that held it stopped). Other ends (an
+ * unlock, a closed fd or connection) are not reported. It runs when the
+ * handle's bus is processed: from the event loop after
+ * lockbus_attach_event(), or from sd_bus_process() on lockbus_get_bus();
+ * not from inside the synchronous calls. One handler per handle: setting
+ * one replaces the last, NULL removes it. */
+typedef void (*lockbus_lost_handler_t)(lockbus *l, const char *resource, uint64_t token, const char *reason,
+                                       void *userdata);
+int lockbus_set_lost_handler(lockbus *l, lockbus_lost_handler_t handler, void *userdata);
+
 /* --- Asynchronous acquisition ------------------------------------------- */
 
 /* Called once: error 0 and token (and fd for an fd hold, else -1; the

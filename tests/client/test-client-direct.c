@@ -181,6 +181,38 @@ static void case_direct_library(TestFixture *f, gconstpointer data) {
  * bus is the default one ($XDG_RUNTIME_DIR/bus). XDG_RUNTIME_DIR is made
  * up here: its "bus" leads to the test bus, its lockbus/.direct.sock to the
  * test daemon's socket. */
+static void on_lost(lockbus *l, const char *resource, uint64_t token, const char *reason, void *userdata) {
+        char **line = userdata;
+
+        g_assert_null(*line);
+        *line = g_strdup_printf("%s %" PRIu64 " %s", resource, token, reason);
+}
+
+/* LockLost reaches a handle on the direct socket too (its messages have no
+ * sender to match). */
+static void case_direct_library_lost(TestFixture *f, gconstpointer data) {
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        g_autofree char *direct = NULL, *line = NULL, *expected = NULL;
+        g_autoptr(lockbus) l = NULL;
+        uint64_t token = 0;
+
+        (void) test_bus_activate_daemon(f->bus);
+        direct = test_bus_direct_socket(f->bus);
+        set_env("DBUS_SYSTEM_BUS_ADDRESS", f->bus->address);
+        set_env("LOCKBUS_DIRECT_SOCKET", direct);
+        l = open_system_ok();
+        assert_uses_direct(l, "LOCKBUS_DIRECT_SOCKET=DIR/run/.direct.sock");
+
+        g_assert_cmpint(sd_event_new(&e), >=, 0);
+        g_assert_cmpint(lockbus_attach_event(l, e, 0), ==, 0);
+        g_assert_cmpint(lockbus_set_lost_handler(l, on_lost, &line), ==, 0);
+        assert_lockbus_ok(l, lockbus_lock(l, "ttl", &(lockbus_options) { .ttl_usec = 50 * USEC_PER_MSEC }, &token));
+        while (!line)
+                g_assert_cmpint(sd_event_run(e, TEST_TIMEOUT_USEC), >, 0);
+        expected = g_strdup_printf("ttl %" PRIu64 " expired", token);
+        g_assert_cmpstr(line, ==, expected);
+}
+
 static void case_direct_library_user(TestFixture *f, gconstpointer data) {
         g_autofree char *direct = NULL, *xdg = NULL, *xdg_lockbus = NULL, *xdg_bus = NULL, *xdg_socket = NULL,
                 *bus_socket = NULL, *default_address = NULL;
@@ -408,6 +440,7 @@ int main(int argc, char *argv[]) {
         g_unsetenv("DBUS_SESSION_BUS_ADDRESS");
 
         test_add("/direct/library", case_direct_library);
+        test_add("/direct/library/lost", case_direct_library_lost);
         test_add("/direct/library/user", case_direct_library_user);
         test_add("/direct/library/defaults", case_direct_library_defaults);
         test_add("/direct/library/refused", case_direct_library_refused);

@@ -897,6 +897,70 @@ static void case_strings(void) {
         g_assert_null(lockbus_scope_to_string(3));
 }
 
+/* LockLost as lockbus_set_lost_handler() reports it: "RESOURCE TOKEN REASON". */
+typedef struct LostRecorder {
+        lockbus *handle;
+        GPtrArray *lines;
+        unsigned n_calls;
+} LostRecorder;
+
+static void lost_handler(lockbus *l, const char *resource, uint64_t token, const char *reason, void *userdata) {
+        LostRecorder *r = userdata;
+
+        g_assert_true(l == r->handle);
+        g_ptr_array_add(r->lines, g_strdup_printf("%s %" PRIu64 " %s", resource, token, reason));
+        r->n_calls++;
+}
+
+static void case_lost(TestFixture *f, gconstpointer data) {
+        g_autoptr(lockbus) l = client_test_open(f), h = client_test_open(f);
+        _cleanup_(sd_event_unrefp) sd_event *e = new_event(l);
+        g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(GPtrArray) other_lines = g_ptr_array_new_with_free_func(g_free);
+        LostRecorder lost = { .handle = l, .lines = lines }, other = { .handle = l, .lines = other_lines };
+        g_autofree char *expired = NULL, *broken = NULL, *expired2 = NULL;
+        uint64_t t_ttl = 0, t_brk = 0, t_ttl2 = 0;
+
+        g_assert_cmpint(lockbus_set_lost_handler(NULL, lost_handler, &lost), ==, -EINVAL);
+        g_assert_cmpint(lockbus_set_lost_handler(l, lost_handler, &lost), ==, 0);
+
+        /* A TTL that runs out. */
+        assert_lockbus_ok(l, lockbus_lock(l, "ttl", &(lockbus_options) { .ttl_usec = 100 * USEC_PER_MSEC }, &t_ttl));
+        client_test_run_until(e, &lost.n_calls, 1, "LockLost for 'ttl'");
+        expired = g_strdup_printf("ttl %" PRIu64 " expired", t_ttl);
+        g_assert_cmpstr(lines->pdata[0], ==, expired);
+
+        /* A Break by someone else (root here). */
+        assert_lockbus_ok(l, lockbus_lock(l, "brk", NULL, &t_brk));
+        assert_lockbus_ok(h, lockbus_break(h, "brk"));
+        client_test_run_until(e, &lost.n_calls, 2, "LockLost for 'brk'");
+        broken = g_strdup_printf("brk %" PRIu64 " broken", t_brk);
+        g_assert_cmpstr(lines->pdata[1], ==, broken);
+
+        /* An unlock of its own is not reported. */
+        assert_lockbus_ok(l, lockbus_lock(l, "plain", NULL, NULL));
+        assert_lockbus_ok(l, lockbus_unlock(l, "plain"));
+
+        /* Another handler replaces it; NULL removes it. */
+        g_assert_cmpint(lockbus_set_lost_handler(l, lost_handler, &other), ==, 0);
+        assert_lockbus_ok(l, lockbus_lock(l, "ttl2", &(lockbus_options) { .ttl_usec = 50 * USEC_PER_MSEC }, &t_ttl2));
+        client_test_run_until(e, &other.n_calls, 1, "LockLost for 'ttl2'");
+        expired2 = g_strdup_printf("ttl2 %" PRIu64 " expired", t_ttl2);
+        g_assert_cmpstr(other_lines->pdata[0], ==, expired2);
+        g_assert_cmpuint(lost.n_calls, ==, 2);
+
+        g_assert_cmpint(lockbus_set_lost_handler(l, NULL, NULL), ==, 0);
+        assert_lockbus_ok(l, lockbus_lock(l, "ttl3", &(lockbus_options) { .ttl_usec = 50 * USEC_PER_MSEC }, NULL));
+        /* h waits for it: granted once the TTL ran out, and the signal sent
+         * before that grant is in l's queue by the next round trip. */
+        assert_lockbus_ok(h, lockbus_lock(h, "ttl3", &(lockbus_options) { .timeout_usec = LOCKBUS_WAIT_FOREVER },
+                                          NULL));
+        test_bus_sync(lockbus_get_bus(l));
+        client_test_run_idle(e);
+        g_assert_cmpuint(lost.n_calls, ==, 2);
+        g_assert_cmpuint(other.n_calls, ==, 1);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -922,6 +986,7 @@ int main(int argc, char *argv[]) {
         test_add("/lib/async/cancel", case_async_cancel);
         test_add("/lib/async/wait-long", case_async_wait_long);
         test_add("/lib/async/default-event", case_async_default_event);
+        test_add("/lib/lost", case_lost);
 
         return g_test_run();
 }
