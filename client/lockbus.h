@@ -165,8 +165,8 @@ int lockbus_get_waiter_count(lockbus *l, uint32_t *ret);
 
 /* Called when a hold acquired through this handle ends without an unlock
  * of its own (lockbusd's LockLost signal): reason "expired" (its TTL ran
- * out), "broken" (someone's Break), or "lost" (cluster mode: with the
- * daemon's etcd lease, or the daemon that held it stopped). Other ends (an
+ * out), "broken" (someone's Break), or "lost" (cluster mode: with the etcd
+ * lease of the daemon that granted it). Other ends (an
  * unlock, a closed fd or connection) are not reported. It runs when the
  * handle's bus is processed: from the event loop after
  * lockbus_attach_event(), or from sd_bus_process() on lockbus_get_bus();

@@ -1081,25 +1081,38 @@ static void on_stopped(ClusterLocks *c, int error, void *userdata) {
 
 void cluster_backend_stop(ClusterBackend *b) {
         g_autoptr(GPtrArray) holds = NULL;
+        unsigned n_kept = 0;
 
         if (!b || !b->locks)
                 return;
 
-        /* The holds on the lease go with it: their handles here, and
-         * their holders are told (an fd hold's pipe closes with us). */
+        /* Connection holds stay on the lease for the next daemon of this
+         * machine (a restart), as in directory mode: it takes back those
+         * whose holder is still connected, or tells them if it comes after
+         * the TTL. fd holds end now (their pipes close with us): their keys
+         * are deleted. Without connection holds the lease is revoked. */
         holds = lock_table_list(b->manager->table);
         for (guint i = 0; i < holds->len; i++) {
                 Hold *h = holds->pdata[i];
 
+                if (h->scope == HOLD_SCOPE_CONNECTION && h->cluster_hold)
+                        n_kept++;
+        }
+        for (guint i = 0; i < holds->len; i++) {
+                Hold *h = holds->pdata[i];
+                ClusterHold *ch = h->cluster_hold;
+
                 if (hold_is_persistent(h))
                         continue;
+                /* The handles on the lease go with the stop. */
                 h->cluster_hold = NULL;
-                if (h->scope == HOLD_SCOPE_CONNECTION) {
-                        manager_notify_hold_lost(b->manager, h, "lost");
-                        unrecord_hold(b, h);
-                }
+                if (n_kept > 0 && h->scope == HOLD_SCOPE_FD && ch)
+                        (void) cluster_locks_release(b->locks, ch, NULL, NULL);
         }
-        if (cluster_locks_stop(b->locks, on_stopped, b) < 0)
+        if (n_kept > 0)
+                log_info("Leaving %u connection hold(s) on the etcd lease for the next lockbusd of this machine; "
+                         "they end after its TTL unless one takes them back.", n_kept);
+        if (cluster_locks_stop(b->locks, n_kept > 0, on_stopped, b) < 0)
                 return;
         run_until(b->manager->event, &b->stopped, CLUSTER_STOP_WAIT_USEC);
 }

@@ -20,7 +20,8 @@
  * (moved onto the new lease; those whose holder left are deleted at once;
  * those whose key expired meanwhile are told LockLost, from the record
  * each connection hold leaves in the runtime directory); fd holds end with
- * the old lease; a clean stop revokes the lease and tells the holders. */
+ * the old lease; a clean stop leaves the connection holds on the lease for
+ * the next daemon, and deletes the rest. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -56,10 +57,11 @@ typedef struct ClusterBackendConfig {
 int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterBackend **ret);
 ClusterBackend *cluster_backend_free(ClusterBackend *b);
 
-/* A clean exit: revokes the lease (the connection and fd holds of this
- * daemon end at once, not after the TTL; the holders of connection holds
- * are told LockLost "lost"), running the event loop until etcd answers or
- * a short while passed. */
+/* A clean exit, running the event loop until etcd answers or a short while
+ * passed: the keys of requests under way and of fd holds are deleted; the
+ * connection holds stay on the lease for the next daemon of this machine
+ * (a restart keeps them, as in directory mode); without connection holds
+ * the lease is revoked. */
 void cluster_backend_stop(ClusterBackend *b);
 
 /* "etcd (http://…, …)", for messages. */

@@ -46,6 +46,10 @@ struct ClusterLocks {
         void *userdata;
         bool started;
         bool stopping;
+        /* stop() that keeps the lease: answered (from leave_defer) once no
+         * request and no background delete is left. */
+        struct Op *leaving;
+        sd_event_source *leave_defer;
 
         int64_t lease;                  /* 0: none */
         unsigned lease_generation;
@@ -447,11 +451,14 @@ static void ch_free(ClusterHold *h);
 static void prefix_check(ClusterLocks *c);
 static void acquire_fail(ClusterAcquire *a, int error, const char *message);
 
+static void leave_check(ClusterLocks *c);
+
 static void op_free(Op *op) {
         if (!op)
                 return;
         if (op->link)
                 g_queue_delete_link(&op->cluster->ops, op->link);
+        leave_check(op->cluster);
         etcd_call_cancel(op->call);
         sd_event_source_disable_unref(op->timer);
         if (op->hold && !op->hold->link)
@@ -1272,6 +1279,7 @@ ClusterLocks *cluster_locks_free(ClusterLocks *c) {
                 return NULL;
 
         c->dead = true;
+        c->leave_defer = sd_event_source_disable_unref(c->leave_defer);
         etcd_call_cancel(c->grant_call);
         etcd_call_cancel(c->keepalive_call);
         c->grant_call = c->keepalive_call = NULL;
@@ -1311,13 +1319,37 @@ static void on_stop_revoked(EtcdCall *call, int error, const char *error_message
                 cb(c, error == -ENOENT ? 0 : error, ud);
 }
 
-int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int error, void *userdata),
-                       void *userdata) {
+/* Wakes the answer of a stop() that keeps the lease once nothing is in
+ * flight (from the loop: this runs inside op_free() and acquire_free()). */
+static void leave_check(ClusterLocks *c) {
+        if (!c->leaving || c->dead || !g_queue_is_empty(&c->acquires) || g_queue_get_length(&c->ops) > 1)
+                return;
+        (void) sd_event_source_set_enabled(c->leave_defer, SD_EVENT_ONESHOT);
+}
+
+static int on_leave_defer(sd_event_source *s, void *userdata) {
+        ClusterLocks *c = userdata;
+        Op *op = c->leaving;
+        void (*cb)(ClusterLocks *, int, void *) = op->callback.stop;
+        void *ud = op->userdata;
+
+        if (!g_queue_is_empty(&c->acquires) || g_queue_get_length(&c->ops) > 1)
+                return 0; /* woken again by the last one */
+        c->leaving = NULL;
+        c->leave_defer = sd_event_source_disable_unref(c->leave_defer);
+        op_free(op);
+        if (cb)
+                cb(c, 0, ud);
+        return 0;
+}
+
+int cluster_locks_stop(ClusterLocks *c, bool keep_lease,
+                       void (*callback)(ClusterLocks *c, int error, void *userdata), void *userdata) {
         int64_t lease;
         Op *op;
         int r;
 
-        if (!c)
+        if (!c || c->stopping)
                 return -EINVAL;
 
         c->stopping = true;
@@ -1347,6 +1379,18 @@ int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int er
         op = op_new(c, OP_STOP);
         op->callback.stop = callback;
         op->userdata = userdata;
+        if (keep_lease) {
+                /* The keys on the lease stay for the next instance; the
+                 * cancelled requests' deletes (and the caller's releases)
+                 * are waited for. */
+                r = sd_event_add_defer(c->event, &c->leave_defer, on_leave_defer, c);
+                if (r < 0) {
+                        op_free(op);
+                        return r;
+                }
+                c->leaving = op;
+                return 0;
+        }
         if (lease == 0) {
                 /* Nothing to revoke: answer from the loop all the same. */
                 r = etcd_lease_revoke(c->etcd, INT64_MAX, on_stop_revoked, op, &op->call);
@@ -1366,6 +1410,7 @@ static void acquire_free(ClusterAcquire *a) {
                 return;
         if (a->link)
                 g_queue_delete_link(&a->cluster->acquires, a->link);
+        leave_check(a->cluster);
         if (a->indexed)
                 g_hash_table_remove(a->cluster->acquire_keys, a->key);
         etcd_call_cancel(a->call);

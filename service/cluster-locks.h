@@ -227,15 +227,19 @@ int cluster_locks_new(sd_event *event, EtcdClient *etcd, const char *prefix, con
 /* Grants the instance lease and keeps it alive. callbacks is copied. */
 int cluster_locks_start(ClusterLocks *c, const ClusterLocksCallbacks *callbacks, void *userdata);
 
-/* Cancels every pending acquire (without callbacks), stops renewing and
- * revokes the lease, so this instance's connection and fd holds and its
- * waiting keys go at once (their ClusterHolds are freed here, without the
- * lease_lost callback). Persistent holds stay; the instance watch ends
- * here, so their removal by others is no longer reported. callback (may be
- * NULL) gets etcd's answer. Afterwards only release, refresh, owner, list
- * and free are of use. */
-int cluster_locks_stop(ClusterLocks *c, void (*callback)(ClusterLocks *c, int error, void *userdata),
-                       void *userdata);
+/* Cancels every pending acquire (without callbacks; their keys are
+ * deleted), stops renewing and revokes the lease, so this instance's
+ * connection and fd holds go at once (their ClusterHolds are freed here,
+ * without the lease_lost callback). Persistent holds stay; the instance
+ * watch ends here, so their removal by others is no longer reported.
+ * callback (may be NULL) gets etcd's answer. With keep_lease the lease is
+ * not revoked: the keys on it stay until it expires, or until a next
+ * instance on this machine takes them over (cluster_locks_adopt_onto_lease());
+ * callback gets 0 once the deletes of the cancelled requests, and the
+ * releases under way, are done. Afterwards only release, refresh, owner,
+ * list and free are of use. -EINVAL if stopped already. */
+int cluster_locks_stop(ClusterLocks *c, bool keep_lease,
+                       void (*callback)(ClusterLocks *c, int error, void *userdata), void *userdata);
 
 /* Frees everything without callbacks and without telling etcd: like a
  * crash, the lease's keys go after its TTL. May be called from any callback

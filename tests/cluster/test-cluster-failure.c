@@ -6,8 +6,9 @@
  * and started again (a connection hold whose holder is still connected
  * stays, with its token, past the old lease; one whose holder left is
  * deleted at once; one whose lease expired first is told LockLost by the
- * next daemon), a lockbusd stopped with SIGTERM (its lease revoked, the
- * holder told), a grant etcd made that the daemon cannot set up (no fd
+ * next daemon), a lockbusd restarted cleanly (SIGTERM: its connection
+ * hold kept for the next one, its fd hold deleted; the lease revoked when
+ * it has no connection hold), a grant etcd made that the daemon cannot set up (no fd
  * for the pipe: refused with Storage, the key deleted), a second Unlock,
  * a Refresh and an Acquire while etcd does not answer the first Unlock
  * (they wait for it, then are answered in order), one etcd member killed (locking goes on, leases
@@ -251,44 +252,86 @@ static void test_daemon_back_after_lease(ClusterFixture *f, gconstpointer data) 
         test_unlock_ok(f->b.client, "late");
 }
 
-/* lockbusd of host A stopped cleanly (SIGTERM, systemctl stop): it revokes
- * its lease, so B's waiter is granted at once (the lease TTL is 60 s
- * here), and tells the holder of the connection hold it ended (LockLost,
- * reason "lost"). */
-static void test_daemon_stopped(ClusterFixture *f, gconstpointer data) {
+/* SIGTERMs host A's lockbusd (started directly) and waits for its exit
+ * status, which must be 0. */
+static void stop_daemon(ClusterHost *h) {
+        int status;
+
+        g_assert_cmpint(h->bus->daemon_pid, >, 0);
+        g_assert_cmpint(kill(h->bus->daemon_pid, SIGTERM), ==, 0);
+        status = test_waitpid(h->bus->daemon_pid, 0);
+        h->bus->daemon_pid = 0;
+        g_assert_true(WIFEXITED(status));
+        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+}
+
+/* lockbusd of host A restarted cleanly (SIGTERM, then started again, as
+ * systemctl restart does): the connection hold of a holder still connected
+ * stays, with its token, and B's waiter on it keeps waiting; the holder is
+ * told nothing. The fd hold ends at the stop (its pipe closes), and its key
+ * is deleted then: B's waiter on it is granted at once, long before the
+ * lease TTL of 60 s. */
+static void test_daemon_restarted_clean(ClusterFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
         g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
-        g_autoptr(TestCall) waiter = NULL;
-        g_autofree char *expected = NULL;
+        g_autoptr(GPtrArray) on_b = NULL;
+        g_autoptr(TestCall) waiter = NULL, fd_waiter = NULL;
+        g_autofree char *sender_a1 = NULL;
+        _cleanup_close_ int fd = -1;
         LostSignals signals = { .lines = lines, .wanted = 1 };
-        uint64_t t, t_waiter;
-        int status;
+        uint64_t t, t_fd, t_waiter;
 
         CLUSTER_SKIP_WITHOUT_ETCD();
         a1 = test_bus_connect(f->a.bus);
         g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
                                             "LockLost", on_lock_lost, &signals), >=, 0);
 
-        t = test_acquire_ok(a1, "stopped", NULL);
-        waiter = test_acquire_async(f->b.client, "stopped", WAIT_FOREVER);
-        cluster_wait_keys(f, "stopped", 2);
+        t = test_acquire_ok(a1, "kept", NULL);
+        fd = test_acquire_fd_ok(a1, "fd", NULL, &t_fd);
+        waiter = test_acquire_async(f->b.client, "kept", WAIT_FOREVER);
+        fd_waiter = test_acquire_async(f->b.client, "fd", WAIT_FOREVER);
+        cluster_wait_keys(f, "kept", 2);
+        cluster_wait_keys(f, "fd", 2);
 
-        g_assert_cmpint(f->a.bus->daemon_pid, >, 0);
-        g_assert_cmpint(kill(f->a.bus->daemon_pid, SIGTERM), ==, 0);
-        status = test_waitpid(f->a.bus->daemon_pid, 0);
-        f->a.bus->daemon_pid = 0;
-        g_assert_true(WIFEXITED(status));
-        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+        stop_daemon(&f->a);
+        g_assert_true(test_wait_readable(fd, test_now_monotonic() + TEST_TIMEOUT_USEC));
+        g_assert_cmpuint(test_call_wait_token(fd_waiter), >, t_fd);
 
-        test_bus_process_until(a1, &signals.done, -1, "LockLost for the hold of the stopped daemon");
-        expected = g_strdup_printf("stopped %" PRIu64 " lost", t);
-        g_assert_cmpuint(lines->len, ==, 1);
-        g_assert_cmpstr(lines->pdata[0], ==, expected);
+        cluster_host_start_daemon(f, &f->a);
+        sender_a1 = cluster_sender(&f->a, a1);
+        on_b = test_owner_ok(f->b.client, "kept", NULL);
+        g_assert_cmpuint(on_b->len, ==, 1);
+        assert_holder(on_b->pdata[0], geteuid(), getpid(), f->comm, sender_a1, t, "connection");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+        assert_call_pending(waiter);
+        test_bus_sync(a1);
+        g_assert_cmpuint(lines->len, ==, 0);
 
+        test_unlock_ok(a1, "kept");
         t_waiter = test_call_wait_token(waiter);
         g_assert_cmpuint(t_waiter, >, t);
-        test_unlock_ok(f->b.client, "stopped");
+        test_unlock_ok(f->b.client, "kept");
+        test_unlock_ok(f->b.client, "fd");
+}
+
+/* lockbusd of host A stopped cleanly with no connection hold: it revokes
+ * its lease, so B's waiter on A's fd hold is granted at once (the lease
+ * TTL is 60 s here). */
+static void test_daemon_stopped_revokes(ClusterFixture *f, gconstpointer data) {
+        g_autoptr(TestCall) waiter = NULL;
+        _cleanup_close_ int fd = -1;
+        uint64_t t;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        fd = test_acquire_fd_ok(f->a.client, "fd", NULL, &t);
+        waiter = test_acquire_async(f->b.client, "fd", WAIT_FOREVER);
+        cluster_wait_keys(f, "fd", 2);
+
+        stop_daemon(&f->a);
+        g_assert_cmpuint(test_call_wait_token(waiter), >, t);
+        test_unlock_ok(f->b.client, "fd");
 }
 
 /* How many fds process pid has open now. */
@@ -587,7 +630,10 @@ int main(int argc, char *argv[]) {
         cluster_test_add_with_args("/cluster/failure/daemon-restarted-holder-gone", long_lease,
                                    test_daemon_restarted_holder_gone);
         cluster_test_add("/cluster/failure/daemon-back-after-lease", test_daemon_back_after_lease);
-        cluster_test_add_with_args("/cluster/failure/daemon-stopped", long_lease, test_daemon_stopped);
+        cluster_test_add_with_args("/cluster/failure/daemon-restarted-clean", long_lease,
+                                   test_daemon_restarted_clean);
+        cluster_test_add_with_args("/cluster/failure/daemon-stopped-revokes", long_lease,
+                                   test_daemon_stopped_revokes);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
         cluster_test_add_with_args("/cluster/failure/unlock-twice-etcd-paused", long_lease,
                                    test_unlock_twice_etcd_paused);

@@ -1199,7 +1199,7 @@ static void test_stop_revokes(Fixture *f, gconstpointer data) {
         acq_start(f, &f->b, "conn", &wait, &w);
 
         stopped = test_now_usec();
-        g_assert_cmpint(cluster_locks_stop(c.locks, on_stopped, &d), ==, 0);
+        g_assert_cmpint(cluster_locks_stop(c.locks, false, on_stopped, &d), ==, 0);
         test_run_until(f->event, &d.done, WAIT_USEC);
         g_assert_cmpint(d.error, ==, 0);
         test_run_until(f->event, &w.done, WAIT_USEC);
@@ -1211,6 +1211,47 @@ static void test_stop_revokes(Fixture *f, gconstpointer data) {
         g_assert_cmpuint(q.entries->len, ==, 1);
         g_assert_cmpstr(query_entry(&q, 0)->hostname, ==, "host-c");
         g_assert_cmpint(release_sync(f, &f->b, w.hold), ==, 0);
+}
+
+/* A stop that keeps the lease (a restart): the connection hold's key stays
+ * on it for the next instance, the waiting request's key is deleted, and
+ * the answer comes once that is done. */
+static void test_stop_keeps_lease(Fixture *f, gconstpointer data) {
+        _cleanup_(acq_clear) Acq conn = {}, busy = {}, cw = {};
+        _cleanup_(query_clear) Query q = {};
+        Req wait = { .mode = LOCK_MODE_EXCLUSIVE, .timeout = UINT64_MAX, .sender = ":1.c" };
+        Host c = {};
+        Done d = {};
+        int64_t lease;
+
+        ETCD_SKIP_WITHOUT_CLUSTER();
+
+        host_start(&c, f->event, etcd_cluster_endpoints(cluster), f->prefix, MACHINE_C, "host-c", 60 * SEC);
+        lease = cluster_locks_get_lease(c.locks);
+        g_assert_cmpint(acq_sync(f, &c, "conn", &excl, &conn), ==, 0);
+        g_assert_cmpint(acq_sync(f, &f->b, "busy", &excl, &busy), ==, 0);
+        acq_start(f, &c, "busy", &wait, &cw);
+        /* Waiting: its key is there and it watches b's. */
+        while (cluster_locks_get_stats(c.locks).n_watches < 1)
+                g_assert_cmpint(sd_event_run(f->event, WAIT_USEC), >, 0);
+        g_assert_cmpint(count_keys(f, &f->a, "busy"), ==, 2);
+
+        g_assert_cmpint(cluster_locks_stop(c.locks, true, on_stopped, &d), ==, 0);
+        g_assert_cmpint(cluster_locks_stop(c.locks, true, on_stopped, &d), ==, -EINVAL);
+        test_run_until(f->event, &d.done, WAIT_USEC);
+        g_assert_cmpint(d.error, ==, 0);
+        g_assert_false(cw.done);
+        g_assert_cmpint(count_keys(f, &f->a, "busy"), ==, 1);
+        g_assert_cmpint(owner_sync(f, &f->a, "conn", &q), ==, 0);
+        g_assert_cmpuint(q.entries->len, ==, 1);
+        g_assert_cmpstr(query_entry(&q, 0)->hostname, ==, "host-c");
+        g_assert_cmpint(query_entry(&q, 0)->lease, ==, lease);
+        host_stop(&c);
+
+        /* Its lease ends (here at once): so does the hold. */
+        g_assert_cmpint(sync_lease_revoke(f->event, f->a.etcd, lease, &f->r), ==, 0);
+        g_assert_cmpint(count_keys(f, &f->a, "conn"), ==, 0);
+        g_assert_cmpint(release_sync(f, &f->b, busy.hold), ==, 0);
 }
 
 static void test_persistent_ttl_refresh(Fixture *f, gconstpointer data) {
@@ -1710,6 +1751,7 @@ int main(int argc, char *argv[]) {
         ADD("/cluster/persistent/ttl-refresh", test_persistent_ttl_refresh);
         ADD("/cluster/connection/adopt-onto-lease", test_adopt_onto_lease);
         ADD("/cluster/stop/revokes", test_stop_revokes);
+        ADD("/cluster/stop/keeps-lease", test_stop_keeps_lease);
         ADD("/cluster/query/owner-list", test_owner_list);
         ADD("/cluster/failure/lease-revoked", test_lease_revoked);
         ADD("/cluster/failure/unknown-outcome", test_unknown_outcome);
