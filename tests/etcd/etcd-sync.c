@@ -23,6 +23,15 @@ void sync_result_clear(SyncResult *r) {
         *r = (SyncResult) {};
 }
 
+void sync_fixture_setup(SyncFixture *f, gconstpointer data) {
+        g_assert_cmpint(sd_event_new(&f->event), >=, 0);
+}
+
+void sync_fixture_teardown(SyncFixture *f, gconstpointer data) {
+        sync_result_clear(&f->r);
+        sd_event_unref(f->event);
+}
+
 /* Common to every callback: called once, never re-entrantly. */
 static void record(SyncResult *r, int error, const char *error_message) {
         r->n_callbacks++;

@@ -42,6 +42,15 @@ typedef struct SyncResult {
 
 void sync_result_clear(SyncResult *r);
 
+/* The g_test fixture of a program whose cases make calls on a loop of
+ * their own: a new loop, and a SyncResult cleared at the end. */
+typedef struct SyncFixture {
+        sd_event *event;
+        SyncResult r;
+} SyncFixture;
+void sync_fixture_setup(SyncFixture *f, gconstpointer data);
+void sync_fixture_teardown(SyncFixture *f, gconstpointer data);
+
 int sync_lease_grant(sd_event *e, EtcdClient *c, int64_t ttl, SyncResult *r);
 int sync_lease_keepalive(sd_event *e, EtcdClient *c, int64_t lease, SyncResult *r);
 int sync_lease_revoke(sd_event *e, EtcdClient *c, int64_t lease, SyncResult *r);

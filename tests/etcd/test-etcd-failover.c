@@ -22,19 +22,7 @@
 
 static EtcdCluster *cluster;
 
-typedef struct Fixture {
-        sd_event *event;
-        SyncResult r;
-} Fixture;
-
-static void fixture_setup(Fixture *f, gconstpointer data) {
-        g_assert_cmpint(sd_event_new(&f->event), >=, 0);
-}
-
-static void fixture_teardown(Fixture *f, gconstpointer data) {
-        sync_result_clear(&f->r);
-        sd_event_unref(f->event);
-}
+typedef SyncFixture Fixture;
 
 /* Asks each member who leads. */
 static unsigned find_leader(Fixture *f) {
@@ -153,8 +141,8 @@ static void test_all_down(Fixture *f, gconstpointer data) {
 int main(int argc, char *argv[]) {
         cluster = etcd_test_init(&argc, &argv, 3);
 
-        g_test_add("/etcd/failover/kill-leader", Fixture, NULL, fixture_setup, test_kill_leader, fixture_teardown);
-        g_test_add("/etcd/failover/all-members-down", Fixture, NULL, fixture_setup, test_all_down, fixture_teardown);
+        g_test_add("/etcd/failover/kill-leader", Fixture, NULL, sync_fixture_setup, test_kill_leader, sync_fixture_teardown);
+        g_test_add("/etcd/failover/all-members-down", Fixture, NULL, sync_fixture_setup, test_all_down, sync_fixture_teardown);
 
         return etcd_test_run();
 }

@@ -24,19 +24,7 @@
 
 static EtcdCluster *cluster;
 
-typedef struct Fixture {
-        sd_event *event;
-        SyncResult r;
-} Fixture;
-
-static void fixture_setup(Fixture *f, gconstpointer data) {
-        g_assert_cmpint(sd_event_new(&f->event), >=, 0);
-}
-
-static void fixture_teardown(Fixture *f, gconstpointer data) {
-        sync_result_clear(&f->r);
-        sd_event_unref(f->event);
-}
+typedef SyncFixture Fixture;
 
 static EtcdClient *client_new(Fixture *f, const EtcdTlsOptions *tls) {
         EtcdClient *c = NULL;
@@ -180,7 +168,7 @@ static void test_set_tls_invalid(Fixture *f, gconstpointer data) {
         g_assert_cmpint(etcd_client_set_tls(NULL, NULL), ==, -EINVAL);
 }
 
-#define add(path, func) g_test_add((path), Fixture, NULL, fixture_setup, (func), fixture_teardown)
+#define add(path, func) g_test_add((path), Fixture, NULL, sync_fixture_setup, (func), sync_fixture_teardown)
 
 int main(int argc, char *argv[]) {
         cluster = etcd_test_init_tls(&argc, &argv, 1);
