@@ -7,6 +7,7 @@
 #include "cluster-backend.h"
 #include "cluster-locks.h"
 #include "etcd.h"
+#include "fdstore.h"
 #include "log.h"
 #include "store.h"
 
@@ -36,6 +37,7 @@ struct ClusterBackend {
         unsigned n_moving;              /* connection holds being moved onto our lease at start */
         bool listed;                    /* the adoption's list was gone through */
         GHashTable *records;            /* at start: token → Hold * (owned) recorded by an earlier run */
+        GHashTable *stored_fds;         /* at start: token → fd hold's read end, from systemd's fd store */
         GPtrArray *lost_at_start;       /* Hold * (owned): told LockLost once the bus is served */
         GPtrArray *moves;               /* MoveCall * (owned) under way */
         sd_event_source *lost_defer;
@@ -137,13 +139,23 @@ static Hold *hold_from_entry(ClusterBackend *b, const ClusterEntry *e) {
 
 /* ---- records of connection holds ------------------------------------------ */
 
-/* Every connection hold of this daemon is also a file in the runtime
- * directory, as in directory mode. etcd forgets a key when its lease
- * expires; the file is how the next daemon on this machine, back after
- * that, learns whom to tell (the holder may still be connected). */
-static void record_hold(ClusterBackend *b, const Hold *h) {
+/* What lets a hold outlive a restart of this daemon, as in directory
+ * mode. A connection hold is also a file in the runtime directory: etcd
+ * forgets a key when its lease expires, and the file is how the next
+ * daemon on this machine, back after that, learns whom to tell (the holder
+ * may still be connected). An fd hold's read end goes to systemd's fd
+ * store (if there is one), so its pipe stays open across the restart. */
+static void record_hold(ClusterBackend *b, Hold *h) {
         int r;
 
+        if (h->scope == HOLD_SCOPE_FD) {
+                r = fdstore_push(h->token, sd_event_source_get_io_fd(h->fd_watch));
+                if (r < 0)
+                        log_warning_errno(r, "Failed to keep the fd hold on '%s' in systemd's fd store, it will "
+                                          "not survive a restart: %m", h->resource);
+                h->in_fd_store = r > 0;
+                return;
+        }
         if (h->scope != HOLD_SCOPE_CONNECTION)
                 return;
         r = store_save_hold(b->manager->store, h);
@@ -153,9 +165,13 @@ static void record_hold(ClusterBackend *b, const Hold *h) {
                                   store_runtime_directory(b->manager->store));
 }
 
-static void unrecord_hold(ClusterBackend *b, const Hold *h) {
+static void unrecord_hold(ClusterBackend *b, Hold *h) {
         int r;
 
+        if (h->scope == HOLD_SCOPE_FD && h->in_fd_store) {
+                fdstore_remove(h->token);
+                h->in_fd_store = false;
+        }
         if (h->scope != HOLD_SCOPE_CONNECTION)
                 return;
         r = store_remove_hold(b->manager->store, h);
@@ -818,19 +834,34 @@ static void adopt_check_done(ClusterBackend *b) {
 typedef struct MoveCall {
         ClusterBackend *backend;
         Hold *hold;                     /* as read: told LockLost if its key is gone */
+        int fd;                         /* an fd hold's read end from the fd store, else -1 */
 } MoveCall;
 
 static void move_call_free(MoveCall *mc) {
         hold_free(mc->hold);
+        if (mc->fd >= 0)
+                close(mc->fd);
         g_free(mc);
 }
 
-/* A connection hold of an earlier run of this daemon, whose holder is
- * still on the bus, is on this daemon's lease now (or its key was gone). */
+/* A hold of an earlier run that did not come back: the fd store forgets
+ * its fd (takes fd). */
+static void forget_stored_fd(const Hold *old, int fd) {
+        if (fd < 0)
+                return;
+        fdstore_remove(old->token);
+        close(fd);
+}
+
+/* A connection hold of an earlier run of this daemon whose holder is still
+ * on the bus, or an fd hold whose fd came back from the fd store, is on
+ * this daemon's lease now (or its key was gone). */
 static void on_moved(ClusterLocks *c, int error, const char *error_message, ClusterHold *ch, void *userdata) {
         MoveCall *mc = userdata;
         ClusterBackend *b = mc->backend;
         _cleanup_(hold_freep) Hold *old = TAKE_PTR(mc->hold);
+        int fd = TAKE_FD(mc->fd);
+        const ClusterEntry *e;
         Hold *h;
         int r;
 
@@ -838,38 +869,96 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
         g_assert(b->n_moving > 0);
         b->n_moving--;
 
-        if (error == -ENOENT)
-                /* Its old lease expired first: another host may hold it now. */
+        if (error < 0) {
+                /* -ENOENT: its old lease expired first, another host may hold it now. */
+                if (error != -ENOENT)
+                        log_warning_errno(error, "Failed to take back the hold on '%s' from %s, it ends with "
+                                          "its old lease: %s", old->resource, b->where,
+                                          error_message ?: strerror(-error));
+                forget_stored_fd(old, fd);
                 lost_at_start(b, TAKE_PTR(old));
-        else if (error < 0) {
-                log_warning_errno(error, "Failed to take back the hold on '%s' from %s, it ends with its old "
-                                  "lease: %s", old->resource, b->where, error_message ?: strerror(-error));
-                lost_at_start(b, TAKE_PTR(old));
-        } else {
-                const ClusterEntry *e = cluster_hold_get_entry(ch);
-
-                r = peer_registry_watch(b->manager->peers, e->sender);
-                if (r <= 0) {
-                        /* It left while the key was being moved. */
-                        log_notice("%s left while its hold on '%s' was taken back, releasing it.", e->sender,
-                                   e->resource);
-                        unrecord_hold(b, old);
-                        (void) cluster_locks_release(c, ch, NULL, NULL);
-                } else {
-                        h = hold_from_entry(b, e);
-                        h->cluster_hold = ch;
-                        cluster_hold_set_userdata(ch, h);
-                        r = manager_take_hold(b->manager, h, NULL, "Restored");
-                        if (r < 0) {
-                                log_warning_errno(r, "Failed to take back the hold on '%s', releasing it: %m",
-                                                  old->resource);
-                                (void) cluster_locks_release(c, ch, NULL, NULL);
-                                lost_at_start(b, TAKE_PTR(old));
-                        } else
-                                record_hold(b, h);
-                }
+                return adopt_check_done(b);
         }
+
+        e = cluster_hold_get_entry(ch);
+        if (fd < 0 && peer_registry_watch(b->manager->peers, e->sender) <= 0) {
+                /* It left while the key was being moved. */
+                log_notice("%s left while its hold on '%s' was taken back, releasing it.", e->sender, e->resource);
+                unrecord_hold(b, old);
+                (void) cluster_locks_release(c, ch, NULL, NULL);
+                return adopt_check_done(b);
+        }
+
+        h = hold_from_entry(b, e);
+        h->cluster_hold = ch;
+        cluster_hold_set_userdata(ch, h);
+        /* An fd hold's fd stays in the fd store, as it came. */
+        h->in_fd_store = fd >= 0;
+        r = fd >= 0 ? manager_take_hold_with_fd(b->manager, h, fd, "Restored")
+                    : manager_take_hold(b->manager, h, NULL, "Restored");
+        if (r < 0) {
+                log_warning_errno(r, "Failed to take back the hold on '%s', releasing it: %m", old->resource);
+                (void) cluster_locks_release(c, ch, NULL, NULL);
+                if (old->scope == HOLD_SCOPE_FD)
+                        fdstore_remove(old->token);
+                lost_at_start(b, TAKE_PTR(old));
+        } else if (fd < 0)
+                record_hold(b, h);
         adopt_check_done(b);
+}
+
+/* Moves a hold of an earlier run of this daemon onto this daemon's lease
+ * (takes fd: its read end for an fd hold, else -1). */
+static int move_onto_lease(ClusterBackend *b, const ClusterEntry *e, int fd) {
+        MoveCall *mc = g_new0(MoveCall, 1);
+        int r;
+
+        mc->backend = b;
+        mc->fd = fd;
+        r = cluster_locks_adopt_onto_lease(b->locks, e, on_moved, mc);
+        if (r < 0) {
+                mc->fd = -1;
+                g_free(mc);
+                return r;
+        }
+        mc->hold = hold_from_entry(b, e);
+        g_ptr_array_add(b->moves, mc);
+        b->n_moving++;
+        return 0;
+}
+
+/* Deletes the key of a hold of an earlier run that does not come back. */
+static void drop_entry(ClusterBackend *b, const ClusterEntry *e, const char *why) {
+        ClusterHold *ch = NULL;
+        int r;
+
+        log_notice("Dropping hold on '%s' (token %" PRIu64 ", uid " UID_FMT ", %s): %s.", e->resource, e->token,
+                   e->uid, strempty(e->sender), why);
+        r = cluster_locks_adopt(b->locks, e, &ch);
+        if (r >= 0)
+                r = cluster_locks_release(b->locks, ch, NULL, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Failed to delete the hold on '%s' from %s, it ends with its old lease: %m",
+                                  e->resource, b->where);
+}
+
+/* An fd hold of an earlier run of this daemon: kept if its fd came back
+ * from systemd's fd store, else deleted at once (its pipe closed with that
+ * run, its holder saw that). */
+static void adopt_fd_hold(ClusterBackend *b, const ClusterEntry *e) {
+        g_autofree gpointer key = NULL;
+        gpointer fd;
+        int r;
+
+        if (!b->stored_fds || !g_hash_table_steal_extended(b->stored_fds, &e->token, &key, &fd))
+                return drop_entry(b, e, "its fd did not survive the restart (no systemd fd store)");
+        r = move_onto_lease(b, e, GPOINTER_TO_INT(fd));
+        if (r < 0) {
+                log_warning_errno(r, "Failed to take back the hold on '%s': %m", e->resource);
+                close(GPOINTER_TO_INT(fd));
+                fdstore_remove(e->token);
+                drop_entry(b, e, "it could not be moved onto this daemon's lease");
+        }
 }
 
 /* A connection hold of an earlier run of this daemon on this machine: kept
@@ -877,7 +966,6 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
 static void adopt_connection_hold(ClusterBackend *b, const ClusterEntry *e) {
         Manager *m = b->manager;
         const char *drop = NULL;
-        ClusterHold *ch = NULL;
         int r;
 
         if (!e->bus_id || e->bus_id[0] == '\0' || !streq(e->bus_id, m->bus_id))
@@ -892,39 +980,37 @@ static void adopt_connection_hold(ClusterBackend *b, const ClusterEntry *e) {
         }
 
         if (!drop) {
-                MoveCall *mc = g_new0(MoveCall, 1);
-
-                mc->backend = b;
-                r = cluster_locks_adopt_onto_lease(b->locks, e, on_moved, mc);
-                if (r >= 0) {
-                        mc->hold = hold_from_entry(b, e);
-                        g_ptr_array_add(b->moves, mc);
-                        b->n_moving++;
+                r = move_onto_lease(b, e, -1);
+                if (r >= 0)
                         return;
-                }
-                g_free(mc);
                 log_warning_errno(r, "Failed to take back the hold on '%s': %m", e->resource);
                 drop = "it could not be moved onto this daemon's lease";
         }
 
-        log_notice("Dropping hold on '%s' (token %" PRIu64 ", uid " UID_FMT ", %s): %s.", e->resource, e->token,
-                   e->uid, strempty(e->sender), drop);
         /* Told if it is on this bus after all (its move failed). */
         lost_at_start(b, hold_from_entry(b, e));
-        r = cluster_locks_adopt(b->locks, e, &ch);
-        if (r >= 0)
-                r = cluster_locks_release(b->locks, ch, NULL, NULL);
-        if (r < 0)
-                log_warning_errno(r, "Failed to delete the hold on '%s' from %s, it ends with its old lease: %m",
-                                  e->resource, b->where);
+        drop_entry(b, e, drop);
+}
+
+static void settle_stored_fds(ClusterBackend *b) {
+        GHashTableIter iter;
+        gpointer token;
+
+        if (!b->stored_fds)
+                return;
+        g_hash_table_iter_init(&iter, b->stored_fds);
+        while (g_hash_table_iter_next(&iter, &token, NULL))
+                fdstore_remove(*(uint64_t *) token);
+        g_clear_pointer(&b->stored_fds, g_hash_table_destroy);
 }
 
 /* Takes back this machine's persistent holds, granted by an earlier run,
- * and its connection holds whose holder is still on the bus. */
+ * its connection holds whose holder is still on the bus, and its fd holds
+ * whose fd came back from systemd's fd store. */
 static void on_adopt_list(ClusterLocks *c, int error, const char *error_message, const ClusterEntry * const *entries,
                           size_t n, size_t n_waiting, void *userdata) {
         ClusterBackend *b = userdata;
-        unsigned adopted = 0, n_fd = 0;
+        unsigned adopted = 0;
 
         if (error < 0) {
                 b->start_done = true;
@@ -943,11 +1029,7 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                     streq(e->instance, cluster_locks_get_instance(b->locks)))
                         continue;
                 if (e->scope == HOLD_SCOPE_FD) {
-                        /* Its fd did not survive the restart (no systemd fd store here). */
-                        log_notice("The fd hold on '%s' (token %" PRIu64 ", %s) of an earlier run cannot come "
-                                   "back, it ends with that run's etcd lease.", e->resource, e->token,
-                                   strempty(e->sender));
-                        n_fd++;
+                        adopt_fd_hold(b, e);
                         continue;
                 }
                 if (e->scope == HOLD_SCOPE_CONNECTION) {
@@ -973,9 +1055,11 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                 }
                 adopted++;
         }
-        log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back, %u connection "
-                 "hold(s) being checked, %u fd hold(s) left to their lease.", b->where, adopted, b->n_moving, n_fd);
+        log_info("Serving locks from %s; %u persistent hold(s) of this machine taken back, %u connection or fd "
+                 "hold(s) being taken back.", b->where, adopted, b->n_moving);
         settle_records(b);
+        /* fds of holds that are gone: systemd forgets them, the table closes them. */
+        settle_stored_fds(b);
         b->listed = true;
         adopt_check_done(b);
 }
@@ -1051,6 +1135,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
                 goto fail;
         }
         load_records(b);
+        b->stored_fds = fdstore_take();
         r = cluster_locks_start(b->locks, &callbacks, b);
         if (r < 0) {
                 log_error_errno(r, "Failed to start the etcd lease: %m");
@@ -1086,16 +1171,18 @@ void cluster_backend_stop(ClusterBackend *b) {
         if (!b || !b->locks)
                 return;
 
-        /* Connection holds stay on the lease for the next daemon of this
-         * machine (a restart), as in directory mode: it takes back those
-         * whose holder is still connected, or tells them if it comes after
-         * the TTL. fd holds end now (their pipes close with us): their keys
-         * are deleted. Without connection holds the lease is revoked. */
+        /* Connection holds, and fd holds whose fd is in systemd's fd store,
+         * stay on the lease for the next daemon of this machine (a
+         * restart), as in directory mode: it takes back those whose holder
+         * is still connected or whose fd comes back, or tells them if it
+         * comes after the TTL. Other fd holds end now (their pipes close
+         * with us): their keys are deleted. Without holds to keep the lease
+         * is revoked. */
         holds = lock_table_list(b->manager->table);
         for (guint i = 0; i < holds->len; i++) {
                 Hold *h = holds->pdata[i];
 
-                if (h->scope == HOLD_SCOPE_CONNECTION && h->cluster_hold)
+                if (h->cluster_hold && (h->scope == HOLD_SCOPE_CONNECTION || h->in_fd_store))
                         n_kept++;
         }
         for (guint i = 0; i < holds->len; i++) {
@@ -1106,12 +1193,12 @@ void cluster_backend_stop(ClusterBackend *b) {
                         continue;
                 /* The handles on the lease go with the stop. */
                 h->cluster_hold = NULL;
-                if (n_kept > 0 && h->scope == HOLD_SCOPE_FD && ch)
+                if (n_kept > 0 && h->scope == HOLD_SCOPE_FD && !h->in_fd_store && ch)
                         (void) cluster_locks_release(b->locks, ch, NULL, NULL);
         }
         if (n_kept > 0)
-                log_info("Leaving %u connection hold(s) on the etcd lease for the next lockbusd of this machine; "
-                         "they end after its TTL unless one takes them back.", n_kept);
+                log_info("Leaving %u connection or fd hold(s) on the etcd lease for the next lockbusd of this "
+                         "machine; they end after its TTL unless one takes them back.", n_kept);
         if (cluster_locks_stop(b->locks, n_kept > 0, on_stopped, b) < 0)
                 return;
         run_until(b->manager->event, &b->stopped, CLUSTER_STOP_WAIT_USEC);
@@ -1151,6 +1238,7 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
         b->lost_defer = sd_event_source_disable_unref(b->lost_defer);
         g_clear_pointer(&b->lost_at_start, g_ptr_array_unref);
         g_clear_pointer(&b->records, g_hash_table_destroy);
+        g_clear_pointer(&b->stored_fds, g_hash_table_destroy);
         g_free(b->where);
         g_free(b->machine_id);
         g_free(b);

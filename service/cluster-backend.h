@@ -19,9 +19,9 @@
  * an earlier daemon of this machine whose holder is still on the same bus
  * (moved onto the new lease; those whose holder left are deleted at once;
  * those whose key expired meanwhile are told LockLost, from the record
- * each connection hold leaves in the runtime directory); fd holds end with
- * the old lease; a clean stop leaves the connection holds on the lease for
- * the next daemon, and deletes the rest. */
+ * each connection hold leaves in the runtime directory), and the fd holds
+ * whose pipe came back from systemd's fd store; a clean stop leaves those
+ * holds on the lease for the next daemon, and deletes the rest. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -58,10 +58,10 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
 ClusterBackend *cluster_backend_free(ClusterBackend *b);
 
 /* A clean exit, running the event loop until etcd answers or a short while
- * passed: the keys of requests under way and of fd holds are deleted; the
- * connection holds stay on the lease for the next daemon of this machine
- * (a restart keeps them, as in directory mode); without connection holds
- * the lease is revoked. */
+ * passed: the keys of requests under way and of fd holds not in the fd
+ * store are deleted; the connection holds and the other fd holds stay on
+ * the lease for the next daemon of this machine (a restart keeps them, as
+ * in directory mode); with none of those the lease is revoked. */
 void cluster_backend_stop(ClusterBackend *b);
 
 /* "etcd (http://…, …)", for messages. */

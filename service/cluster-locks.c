@@ -694,7 +694,7 @@ int cluster_locks_adopt_onto_lease(ClusterLocks *c, const ClusterEntry *e, Clust
         int r;
 
         if (!c || c->dead || !e || !e->key || e->token == 0 || !e->is_valid || !callback ||
-            e->scope != HOLD_SCOPE_CONNECTION)
+            e->scope == HOLD_SCOPE_PERSISTENT)
                 return -EINVAL;
         if (c->lease == 0 || c->stopping)
                 return -ENOTCONN;

@@ -313,9 +313,10 @@ GPtrArray *cluster_locks_get_holds(ClusterLocks *c);
  * (shared with adopts under way), to learn whether it went meanwhile. */
 int cluster_locks_adopt(ClusterLocks *c, const ClusterEntry *e, ClusterHold **ret);
 
-/* Moves a connection entry of an earlier instance of this machine (read
- * with owner/list) onto this instance's lease: after a restart of the
- * daemon, whose holder is still connected to the same bus. One txn puts the
+/* Moves a connection or fd entry of an earlier instance of this machine
+ * (read with owner/list) onto this instance's lease: after a restart of the
+ * daemon, whose holder is still connected to the same bus (or whose fd came
+ * back from systemd's fd store). One txn puts the
  * key again, compared on its create_revision, with the current instance
  * lease and the value's instance (and owner) made this instance's; the rest
  * of the value stays. A put keeps the create_revision, so the token and the

@@ -56,6 +56,7 @@ typedef struct Hold {
          * its own holds in etcd (a ClusterHold, owned by the backend). */
         char *hostname;
         void *cluster_hold;
+        bool in_fd_store;               /* cluster mode: its fd was handed to systemd's fd store */
 
         sd_event_source *fd_watch;      /* fd holds: the pipe's read end, watched for hang-up */
         sd_event_source *expiry_timer;  /* holds with a TTL */

@@ -353,6 +353,27 @@ int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *wha
         return 0;
 }
 
+int manager_take_hold_with_fd(Manager *m, Hold *hold, int read_fd, const char *what) {
+        _cleanup_(hold_freep) Hold *h = hold;
+        int r;
+
+        if (h->scope != HOLD_SCOPE_FD || read_fd < 0) {
+                if (read_fd >= 0)
+                        close(read_fd);
+                return -EINVAL;
+        }
+        r = hold_watch_fd(m, h, read_fd);
+        if (r < 0)
+                return r;
+        r = hold_arm_expiry(m, h);
+        if (r < 0)
+                return r;
+
+        log_hold(what, h);
+        lock_table_add(m->table, TAKE_PTR(h));
+        return 0;
+}
+
 void manager_notify_hold_lost(Manager *m, const Hold *h, const char *reason) {
         if (m->hold_lost)
                 m->hold_lost(m, h, reason);

@@ -433,9 +433,11 @@ bool test_bus_try_start_daemon(TestBus *b, const char *const *wrapper, int log_f
          * kill it with the group. */
         pid = test_spawn(&(TestChild) {
                                  .pgid = b->bus_pid,
+                                 .keep_fds = { b->pass_fds[0], b->pass_fds[1] },
                                  .stdout_fd = log_fd,
                                  .stderr_fd = log_fd,
                          }, argv, envp);
+        b->pass_fds[0] = b->pass_fds[1] = -1;
 
         pidfd = test_pidfd_open(pid);
         g_assert_cmpint(pidfd, >=, 0);

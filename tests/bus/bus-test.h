@@ -70,6 +70,7 @@ typedef struct TestBus {
         pid_t guardian_pid;
         int guardian_fd;        /* write end: 'p'+pgid, then 'q' = all cleaned up */
         char **extra_args;      /* appended to lockbusd's command line, NULL-terminated */
+        int pass_fds[2];        /* >= 3: become the fds 3 and 4 of the next lockbusd started directly */
 } TestBus;
 
 TestBus *test_bus_new(void);

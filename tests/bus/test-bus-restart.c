@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "bus-test.h"
+#include "test-fdstore.h"
 
 static const TestHolder *find_lock(GPtrArray *locks, const char *resource) {
         for (guint i = 0; i < locks->len; i++)
@@ -110,6 +111,49 @@ static void test_restart_kill9(TestFixture *f, gconstpointer data) {
         g_assert_null(find_lock(again, "gone"));
 }
 
+/* Starts lockbusd directly with the fd store, as systemd would. */
+static void start_daemon_with_fdstore(TestBus *b, TestFdStore *store) {
+        g_auto(GStrv) wrapper = test_fdstore_wrapper(store, b->pass_fds);
+        int status = 0;
+
+        if (!test_bus_try_start_daemon(b, (const char *const *) wrapper, -1, &status))
+                g_error("lockbusd %s before taking " LOCKBUS_BUS_NAME, test_format_wait_status(status));
+}
+
+/* An fd hold survives a crash with systemd's fd store (a stand-in): the
+ * daemon hands the read end of the hold's pipe to it, the next daemon gets
+ * it back and keeps the hold with its token; closing the fd then releases
+ * the hold, and the store forgets the fd. A second fd hold whose fd is
+ * closed while no daemon runs is released at the next start. */
+static void test_restart_fd_store(TestFixture *f, gconstpointer data) {
+        g_autoptr(TestFdStore) store = test_fdstore_new(f->bus->dir);
+        g_autoptr(GPtrArray) before = NULL, after = NULL;
+        _cleanup_close_ int fd = -1, closed = -1;
+        uint64_t t;
+
+        start_daemon_with_fdstore(f->bus, store);
+        fd = test_acquire_fd_ok(f->client, "fd", NULL, &t);
+        closed = test_acquire_fd_ok(f->client, "closed", NULL, NULL);
+        test_fdstore_wait_count(store, 2, TEST_TIMEOUT_USEC);
+        before = test_list_locks_ok(f->client);
+
+        test_bus_kill_daemon(f->bus);
+        close(TAKE_FD(closed));
+        test_fdstore_sync(store);
+        g_assert_cmpuint(test_fdstore_count(store), ==, 2);
+        start_daemon_with_fdstore(f->bus, store);
+
+        after = test_list_locks_ok(f->client);
+        g_assert_cmpuint(after->len, ==, 1);
+        assert_same_hold(find_lock(after, "fd"), find_lock(before, "fd"));
+        test_fdstore_wait_count(store, 1, TEST_TIMEOUT_USEC);
+
+        close(TAKE_FD(fd));
+        test_fdstore_wait_count(store, 0, TEST_TIMEOUT_USEC);
+        test_assert_not_locked(f->client, "fd");
+        g_assert_cmpuint(test_lock_ok(f->client, "fd"), >, t);
+}
+
 static void test_store_corrupt_file(TestFixture *f, gconstpointer data) {
         static const char garbage[] = "\x7f" "ELF\x01\x02\x00 not a hold [Hold\nResource=\nToken=-1\n\xff\xfe";
         g_autofree char *path = NULL, *quarantine = NULL;
@@ -154,6 +198,7 @@ int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
         test_add("/bus/restart/kill-9", test_restart_kill9);
+        test_add("/bus/restart/fd-store", test_restart_fd_store);
         test_add("/bus/store/corrupt-file", test_store_corrupt_file);
 
         return g_test_run();

@@ -85,8 +85,25 @@ static void host_setup(ClusterFixture *f, ClusterHost *h, const char *hostname, 
 }
 
 void cluster_host_start_daemon(ClusterFixture *f, ClusterHost *h) {
+        cluster_host_start_daemon_with_fdstore(f, h, NULL);
+}
+
+void cluster_host_start_daemon_with_fdstore(ClusterFixture *f, ClusterHost *h, TestFdStore *store) {
         g_auto(GStrv) wrapper = host_wrapper(h);
         int status = 0;
+
+        if (store) {
+                g_auto(GStrv) words = test_fdstore_wrapper(store, h->bus->pass_fds);
+                char **both = g_new0(char *, g_strv_length(words) + g_strv_length(wrapper) + 1);
+                guint n = 0;
+
+                for (char **w = words; *w; w++)
+                        both[n++] = g_strdup(*w);
+                for (char **w = wrapper; *w; w++)
+                        both[n++] = g_strdup(*w);
+                g_strfreev(wrapper);
+                wrapper = both;
+        }
 
         if (!test_bus_try_start_daemon(h->bus, (const char *const *) wrapper, -1, &status)) {
                 g_autofree char *st = test_format_wait_status(status);

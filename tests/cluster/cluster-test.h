@@ -56,6 +56,7 @@
 #include "bus-test.h"
 #include "etcd-test.h"
 #include "etcd.h"
+#include "test-fdstore.h"
 
 #define CLUSTER_LEASE_TTL_USEC (2U * G_USEC_PER_SEC)
 
@@ -107,8 +108,11 @@ void cluster_fixture_teardown(ClusterFixture *f, gconstpointer data);
         g_test_add((path), ClusterFixture, (args), cluster_fixture_setup, (func), cluster_fixture_teardown)
 
 /* Starts the host's lockbusd directly (as the fixture does) and returns
- * once it owns io.lockbus1; fails the test if it exits first. */
+ * once it owns io.lockbus1; fails the test if it exits first. With a store
+ * (test-fdstore.h), the daemon talks to it as to systemd's fd store and
+ * gets the fds it holds. */
 void cluster_host_start_daemon(ClusterFixture *f, ClusterHost *h);
+void cluster_host_start_daemon_with_fdstore(ClusterFixture *f, ClusterHost *h, TestFdStore *store);
 
 /* "<unique name of conn>@<hostname of h>": a hold of conn (a connection
  * to h's bus) as the daemon of the other host shows it. */

@@ -24,6 +24,7 @@
  * the clock is read after the event. */
 
 #include <dirent.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -313,6 +314,65 @@ static void test_daemon_restarted_clean(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpuint(t_waiter, >, t);
         test_unlock_ok(f->b.client, "kept");
         test_unlock_ok(f->b.client, "fd");
+}
+
+/* True if the write end `fd` of an fd hold's pipe still has a reader. */
+static bool pipe_has_reader(int fd) {
+        struct pollfd p = { .fd = fd, .events = 0 };
+
+        g_assert_cmpint(poll(&p, 1, 0), >=, 0);
+        return !(p.revents & (POLLERR | POLLHUP));
+}
+
+/* An fd hold across a clean restart and a kill of host A's lockbusd, with
+ * systemd's fd store (a stand-in): the daemon hands the pipe's read end to
+ * the store, so the pipe stays open while no daemon runs; the next daemon
+ * gets it back and takes the hold back with its token (B's waiter keeps
+ * waiting). Closing the fd then releases it: B is granted, and the store
+ * forgets the fd. */
+static void test_fd_hold_restarted(ClusterFixture *f, gconstpointer data) {
+        g_autoptr(TestFdStore) store = test_fdstore_new(f->a.bus->dir);
+        g_autoptr(GPtrArray) on_b = NULL;
+        g_autoptr(TestCall) waiter = NULL;
+        g_autofree char *sender_a = NULL;
+        _cleanup_close_ int fd = -1;
+        uint64_t t;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+
+        /* A's daemon with the fd store. */
+        test_bus_kill_daemon(f->a.bus);
+        cluster_host_start_daemon_with_fdstore(f, &f->a, store);
+
+        fd = test_acquire_fd_ok(f->a.client, "fdr", NULL, &t);
+        test_fdstore_wait_count(store, 1, TEST_TIMEOUT_USEC);
+        waiter = test_acquire_async(f->b.client, "fdr", WAIT_FOREVER);
+        cluster_wait_keys(f, "fdr", 2);
+        sender_a = cluster_sender(&f->a, f->a.client);
+
+        for (unsigned i = 0; i < 2; i++) {
+                /* A clean restart, then a kill and a start. */
+                if (i == 0)
+                        stop_daemon(&f->a);
+                else
+                        test_bus_kill_daemon(f->a.bus);
+                g_assert_true(pipe_has_reader(fd));
+                test_fdstore_sync(store);
+                g_assert_cmpuint(test_fdstore_count(store), ==, 1);
+                cluster_host_start_daemon_with_fdstore(f, &f->a, store);
+
+                on_b = test_owner_ok(f->b.client, "fdr", NULL);
+                g_assert_cmpuint(on_b->len, ==, 1);
+                assert_holder(on_b->pdata[0], geteuid(), getpid(), f->comm, sender_a, t, "fd");
+                g_clear_pointer(&on_b, g_ptr_array_unref);
+                g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
+                assert_call_pending(waiter);
+        }
+
+        close(TAKE_FD(fd));
+        g_assert_cmpuint(test_call_wait_token(waiter), >, t);
+        test_fdstore_wait_count(store, 0, TEST_TIMEOUT_USEC);
+        test_unlock_ok(f->b.client, "fdr");
 }
 
 /* lockbusd of host A stopped cleanly with no connection hold: it revokes
@@ -634,6 +694,7 @@ int main(int argc, char *argv[]) {
                                    test_daemon_restarted_clean);
         cluster_test_add_with_args("/cluster/failure/daemon-stopped-revokes", long_lease,
                                    test_daemon_stopped_revokes);
+        cluster_test_add_with_args("/cluster/failure/fd-hold-restarted", long_lease, test_fd_hold_restarted);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
         cluster_test_add_with_args("/cluster/failure/unlock-twice-etcd-paused", long_lease,
                                    test_unlock_twice_etcd_paused);
