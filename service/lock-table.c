@@ -313,6 +313,18 @@ static gint compare_resource_names(gconstpointer a, gconstpointer b) {
         return strcmp(x->name, y->name);
 }
 
+GPtrArray *lock_table_list_waiters(LockTable *t) {
+        GPtrArray *waiters = g_ptr_array_new();
+        GHashTableIter iter;
+        gpointer value;
+
+        g_hash_table_iter_init(&iter, t->resources);
+        while (g_hash_table_iter_next(&iter, NULL, &value))
+                for (GList *l = ((Resource *) value)->waiters.head; l; l = l->next)
+                        g_ptr_array_add(waiters, l->data);
+        return waiters;
+}
+
 GPtrArray *lock_table_list(LockTable *t) {
         g_autoptr(GPtrArray) resources = g_ptr_array_new();
         GPtrArray *holds = g_ptr_array_new();

@@ -91,6 +91,9 @@ GPtrArray *lock_table_waiters_of_sender(LockTable *t, const char *sender);
  * array of borrowed pointers. */
 GPtrArray *lock_table_list(LockTable *t);
 
+/* Every waiter, in no particular order. A new array of borrowed pointers. */
+GPtrArray *lock_table_list_waiters(LockTable *t);
+
 /* Number of resources with at least one hold. */
 unsigned lock_table_resource_count(const LockTable *t);
 /* Number of queued waiters. */

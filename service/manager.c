@@ -1005,12 +1005,25 @@ int manager_new(const ManagerConfig *config, Manager **ret) {
         return 0;
 }
 
+/* At exit: the calls still waiting get no answer from us (the bus tells
+ * their callers we left); their requests go. */
+static void manager_drop_waiters(Manager *m) {
+        g_autoptr(GPtrArray) waiters = lock_table_list_waiters(m->table);
+
+        for (guint i = 0; i < waiters->len; i++) {
+                AcquireRequest *req = container_of(waiters->pdata[i], AcquireRequest, waiter);
+
+                lock_table_dequeue(m->table, &req->waiter);
+                acquire_request_complete(req, -ECONNRESET, NULL, -1);
+        }
+}
+
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
         /* Holds are dropped from memory only: their files stay for the next
-         * start. Waiting requests are gone with the bus connection. */
+         * start. Waiting calls are not answered (manager_drop_waiters()). */
         m->release_name_slot = sd_bus_slot_unref(m->release_name_slot);
         /* Direct connections first: closing them releases holds. */
         m->direct = direct_server_free(m->direct);
@@ -1021,6 +1034,8 @@ Manager *manager_free(Manager *m) {
         m->commit_timer = sd_event_source_disable_unref(m->commit_timer);
         if (m->pending_calls)
                 g_hash_table_destroy(m->pending_calls);
+        if (m->table)
+                manager_drop_waiters(m);
         m->table = lock_table_free(m->table);
         m->peers = peer_registry_free(m->peers);
         m->tokens = token_issuer_free(m->tokens);

@@ -4,8 +4,10 @@
  * tokens that never go back, and a lock directory with garbage in it. */
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bus-test.h"
@@ -111,6 +113,38 @@ static void test_restart_kill9(TestFixture *f, gconstpointer data) {
         g_assert_null(find_lock(again, "gone"));
 }
 
+/* lockbusd stopped (SIGTERM) while a call waits: it exits with status 0
+ * without answering it (the bus tells the caller), and frees it (the
+ * sanitizer build reports a leak otherwise). */
+static void test_stop_with_waiter(TestFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *waiting = NULL;
+        g_autoptr(TestCall) call = NULL;
+        int status, r;
+        pid_t pid;
+
+        test_bus_start_daemon(f->bus);
+        pid = f->bus->daemon_pid;
+        waiting = test_bus_connect(f->bus);
+        /* A connection hold: another connection of the same uid waits. */
+        (void) test_acquire_ok(f->client, "held", NULL);
+        call = test_acquire_async(waiting, "held", &(TestAcquireOptions) { .has_timeout = true,
+                                                                           .timeout = UINT64_MAX });
+        /* Asked on the same connection: answered after the Acquire was queued. */
+        g_assert_cmpuint(test_get_property_u(waiting, "WaiterCount"), ==, 1);
+
+        g_assert_cmpint(kill(pid, SIGTERM), ==, 0);
+        status = test_waitpid(pid, 0);
+        f->bus->daemon_pid = 0;
+        g_assert_true(WIFEXITED(status));
+        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+
+        test_call_wait(call);
+        r = test_call_result(call, &error);
+        g_assert_cmpint(r, <, 0);
+        g_assert_true(sd_bus_error_has_name(&error, SD_BUS_ERROR_NO_REPLY));
+}
+
 /* Starts lockbusd directly with the fd store, as systemd would. */
 static void start_daemon_with_fdstore(TestBus *b, TestFdStore *store) {
         g_auto(GStrv) wrapper = test_fdstore_wrapper(store, b->pass_fds);
@@ -199,6 +233,7 @@ int main(int argc, char *argv[]) {
 
         test_add("/bus/restart/kill-9", test_restart_kill9);
         test_add("/bus/restart/fd-store", test_restart_fd_store);
+        test_add("/bus/restart/stop-with-waiter", test_stop_with_waiter);
         test_add("/bus/store/corrupt-file", test_store_corrupt_file);
 
         return g_test_run();
