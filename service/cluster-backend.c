@@ -137,7 +137,7 @@ static Hold *hold_from_entry(ClusterBackend *b, const ClusterEntry *e) {
         return h;
 }
 
-/* ---- records of connection holds ------------------------------------------ */
+/* ---- what outlives a restart ------------------------------------------------ */
 
 /* What lets a hold outlive a restart of this daemon, as in directory
  * mode. A connection hold is also a file in the runtime directory: etcd
@@ -187,7 +187,7 @@ static void drop_hold(ClusterBackend *b, Hold *h, const char *reason) {
         manager_drop_hold(b->manager, h, reason);
 }
 
-/* A connection hold of an earlier run that did not come back (takes
+/* A connection or fd hold of an earlier run that did not come back (takes
  * old): its record goes, and its holder, if still on this bus, is told
  * LockLost once the bus is served. */
 static void lost_at_start(ClusterBackend *b, Hold *old) {
