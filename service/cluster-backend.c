@@ -41,6 +41,7 @@ struct ClusterBackend {
         GPtrArray *lost_at_start;       /* Hold * (owned): told LockLost once the bus is served */
         GPtrArray *moves;               /* MoveCall * (owned) under way */
         sd_event_source *lost_defer;
+        bool stopping;                  /* cluster_backend_stop() runs: calls meanwhile are refused */
         bool stopped;
 };
 
@@ -342,6 +343,8 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
         Pending *p;
         int r;
 
+        if (b->stopping)
+                return answer_etcd_failure(b, req, -ESHUTDOWN, "lockbusd is stopping");
         if (after_unlock) {
                 Deferred *d = g_new0(Deferred, 1);
 
@@ -522,6 +525,12 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         hold_call_free(call);
 }
 
+/* Why a hold without its handle, and no Unlock of it under way, cannot be
+ * unlocked or refreshed now. */
+static const char *busy_reason(const ClusterBackend *b) {
+        return b->stopping ? "lockbusd is stopping" : "a Break of it is under way";
+}
+
 /* An Unlock (caller: its sender) or Refresh (caller NULL) of a hold whose
  * key is being deleted waits for that in the Unlock's queue. Returns false
  * if no Unlock is under way (a Break is). */
@@ -549,7 +558,7 @@ void cluster_backend_unlock(ClusterBackend *b, Hold *h, const char *caller, Clus
         if (!h->cluster_hold) {
                 if (defer_behind_unlock(b, h, caller, callback, userdata))
                         return;
-                return callback(b->manager, -EINPROGRESS, "a Break of it is under way", userdata);
+                return callback(b->manager, -EINPROGRESS, busy_reason(b), userdata);
         }
 
         call = hold_call_new(b, h, callback, userdata);
@@ -597,7 +606,7 @@ void cluster_backend_refresh(ClusterBackend *b, Hold *h, ClusterBackendRefreshDo
         if (!h->cluster_hold) {
                 if (defer_behind_unlock(b, h, NULL, callback, userdata))
                         return;
-                return callback(b->manager, -EINPROGRESS, "a Break of it is under way", 0, userdata);
+                return callback(b->manager, -EINPROGRESS, busy_reason(b), 0, userdata);
         }
 
         call = hold_call_new(b, h, callback, userdata);
@@ -1170,6 +1179,7 @@ void cluster_backend_stop(ClusterBackend *b) {
 
         if (!b || !b->locks)
                 return;
+        b->stopping = true;
 
         /* Connection holds, and fd holds whose fd is in systemd's fd store,
          * stay on the lease for the next daemon of this machine (a
