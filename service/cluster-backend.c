@@ -343,8 +343,9 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
         Pending *p;
         int r;
 
+        /* As during an idle exit: try again (with the next daemon). */
         if (b->stopping)
-                return answer_etcd_failure(b, req, -ESHUTDOWN, "lockbusd is stopping");
+                return manager_answer_request(req, -ESHUTDOWN, NULL, -1);
         if (after_unlock) {
                 Deferred *d = g_new0(Deferred, 1);
 

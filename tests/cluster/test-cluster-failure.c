@@ -375,6 +375,38 @@ static void test_fd_hold_restarted(ClusterFixture *f, gconstpointer data) {
         test_unlock_ok(f->b.client, "fdr");
 }
 
+/* A call that comes while lockbusd stops (it tells systemd STOPPING=1,
+ * then waits for etcd to take its lease back, which cannot happen with
+ * every member paused) is refused, to be tried again, and the daemon
+ * exits with status 0 once it gave up waiting. */
+static void test_call_while_stopping(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autoptr(TestFdStore) notify = test_fdstore_new(f->a.bus->dir);
+        int status, r;
+        pid_t pid;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        test_bus_kill_daemon(f->a.bus);
+        cluster_host_start_daemon_with_fdstore(f, &f->a, notify);
+        pid = f->a.bus->daemon_pid;
+
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_pause_member(f->etcd, i);
+        g_assert_cmpint(kill(pid, SIGTERM), ==, 0);
+        test_fdstore_wait_line(notify, "STOPPING=1", TEST_TIMEOUT_USEC);
+
+        r = test_acquire(f->a.client, "late", NULL, NULL, &error);
+        assert_call_error(r, &error, SD_BUS_ERROR_FAILED,
+                          "Resource 'late' not granted: lockbusd is exiting, try again");
+
+        status = test_waitpid(pid, 0);
+        f->a.bus->daemon_pid = 0;
+        g_assert_true(WIFEXITED(status));
+        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_resume_member(f->etcd, i);
+}
+
 /* lockbusd of host A stopped cleanly with no connection hold: it revokes
  * its lease, so B's waiter on A's fd hold is granted at once (the lease
  * TTL is 60 s here). */
@@ -695,6 +727,7 @@ int main(int argc, char *argv[]) {
         cluster_test_add_with_args("/cluster/failure/daemon-stopped-revokes", long_lease,
                                    test_daemon_stopped_revokes);
         cluster_test_add_with_args("/cluster/failure/fd-hold-restarted", long_lease, test_fd_hold_restarted);
+        cluster_test_add("/cluster/failure/call-while-stopping", test_call_while_stopping);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
         cluster_test_add_with_args("/cluster/failure/unlock-twice-etcd-paused", long_lease,
                                    test_unlock_twice_etcd_paused);

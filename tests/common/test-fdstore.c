@@ -14,6 +14,7 @@ struct TestFdStore {
         char *path;
         int socket_fd;
         GHashTable *fds;                /* name → fd (GINT_TO_POINTER) */
+        GPtrArray *lines;               /* every line of every message, in order */
 };
 
 static void close_fd_value(gpointer p) {
@@ -33,6 +34,7 @@ TestFdStore *test_fdstore_new(const char *dir) {
         /* The daemon may run as another user. */
         g_assert_cmpint(chmod(s->path, 0666), ==, 0);
         s->fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, close_fd_value);
+        s->lines = g_ptr_array_new_with_free_func(g_free);
         return s;
 }
 
@@ -40,6 +42,7 @@ void test_fdstore_free(TestFdStore *s) {
         if (!s)
                 return;
         g_hash_table_destroy(s->fds);
+        g_ptr_array_unref(s->lines);
         close(s->socket_fd);
         (void) unlink(s->path);
         g_free(s->path);
@@ -88,6 +91,8 @@ static bool read_one(TestFdStore *s) {
                         g_array_append_vals(fds, CMSG_DATA(c), (c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
 
         lines = g_strsplit(buf, "\n", -1);
+        for (char **l = lines; *l; l++)
+                g_ptr_array_add(s->lines, g_strdup(*l));
         name = message_value(lines, "FDNAME");
         if (message_value(lines, "FDSTORE") && name && fds->len == 1) {
                 g_hash_table_replace(s->fds, g_strdup(name), GINT_TO_POINTER(g_array_index(fds, int, 0)));
@@ -114,6 +119,19 @@ void test_fdstore_wait_count(TestFdStore *s, unsigned n, uint64_t timeout_usec) 
                         return;
                 if (!test_wait_readable(s->socket_fd, deadline))
                         g_error("The fd store holds %u fds, not %u", test_fdstore_count(s), n);
+        }
+}
+
+void test_fdstore_wait_line(TestFdStore *s, const char *line, uint64_t timeout_usec) {
+        uint64_t deadline = test_now_monotonic() + timeout_usec;
+
+        for (;;) {
+                test_fdstore_sync(s);
+                for (guint i = 0; i < s->lines->len; i++)
+                        if (g_str_equal(s->lines->pdata[i], line))
+                                return;
+                if (!test_wait_readable(s->socket_fd, deadline))
+                        g_error("No message with the line '%s' came to %s", line, s->path);
         }
 }
 

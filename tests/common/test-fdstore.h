@@ -5,7 +5,8 @@
  * test starts itself (no systemd runs the tests): the datagram socket its
  * $NOTIFY_SOCKET names, read by the test. It keeps what the daemon sends
  * with "FDSTORE=1" and "FDNAME=NAME", forgets an fd on "FDSTOREREMOVE=1"
- * with its FDNAME (closing it), and ignores the rest (READY=1, STATUS=…).
+ * with its FDNAME (closing it), and remembers the lines of the rest
+ * (READY=1, STOPPING=1, STATUS=…) for test_fdstore_wait_line().
  * As systemd, it keeps the fds across a restart of the daemon and hands
  * them to the next one: $LISTEN_FDS, $LISTEN_FDNAMES, and the fds from 3
  * up; $LISTEN_PID is the daemon's own PID, which a shell in front of it
@@ -32,6 +33,9 @@ void test_fdstore_sync(TestFdStore *s);
 /* Reads messages until the store holds n fds; fails the test after
  * timeout_usec. */
 void test_fdstore_wait_count(TestFdStore *s, unsigned n, uint64_t timeout_usec);
+/* Reads messages until one had the line (e.g. "STOPPING=1"), also one
+ * read before; fails the test after timeout_usec. */
+void test_fdstore_wait_line(TestFdStore *s, const char *line, uint64_t timeout_usec);
 /* The fds it holds now (without reading), and whether one is named so. */
 unsigned test_fdstore_count(const TestFdStore *s);
 bool test_fdstore_has(const TestFdStore *s, const char *name);
