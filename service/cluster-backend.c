@@ -1139,6 +1139,11 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
                 log_error_errno(r, "Invalid TLS files for %s (a client certificate needs its key): %m", list);
                 goto fail;
         }
+        r = etcd_client_set_auth(b->etcd, config->user, config->password);
+        if (r < 0) {
+                log_error_errno(r, "Invalid etcd credentials for %s (a user needs its password): %m", list);
+                goto fail;
+        }
         r = cluster_locks_new(m->event, b->etcd, config->prefix, &host, config->lease_ttl_usec, &b->locks);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up cluster locks under '%s': %m", config->prefix);

@@ -49,6 +49,8 @@ typedef struct ClusterBackendConfig {
         const char *ca_file;            /* TLS files (etcd.h, EtcdTlsOptions), NULL: unset */
         const char *cert_file;
         const char *key_file;
+        const char *user;               /* authentication (etcd.h, etcd_client_set_auth()), NULL: none */
+        const char *password;           /* with user; never logged */
 } ClusterBackendConfig;
 
 /* Connects, takes a lease and this machine's persistent holds and still

@@ -67,6 +67,10 @@ typedef struct Transfer {
         GString *failures;              /* "endpoint: reason" of failed attempts */
         int failure_error;              /* their errno if they all agree */
         bool failures_disagree;
+        bool is_auth;                   /* the authentication itself: sends no token */
+        GList *auth_link;               /* in the client's auth_waiting, NULL if not */
+        unsigned token_generation;      /* of the token the running attempt sent */
+        bool reauthenticated;           /* retried once after etcd refused its token */
 } Transfer;
 
 typedef enum CallKind {
@@ -113,6 +117,7 @@ struct EtcdWatch {
         bool created;
         bool finished;                  /* its error is queued: nothing more */
         bool in_error_callback;
+        bool token_refused;             /* etcd refused its token: retry once it is done */
 };
 
 typedef enum PendingKind {
@@ -146,6 +151,14 @@ struct EtcdClient {
         char *ca_file;                  /* TLS (EtcdTlsOptions), NULL: unset */
         char *cert_file;
         char *key_file;
+        char *user;                     /* authentication (etcd_client_set_auth), NULL: none */
+        char *password;
+        char *token;                    /* NULL: none (yet, or etcd's authentication is off) */
+        bool authenticated;             /* token is etcd's latest answer: calls may start */
+        unsigned token_generation;      /* counts the tokens, to tell a stale one */
+        unsigned n_authentications;
+        EtcdCall *auth_call;            /* the one authentication in flight, NULL if none */
+        GQueue auth_waiting;            /* Transfer *: waiting for auth_call */
         GQueue calls;                   /* EtcdCall *: running or waiting for dispatch */
         GQueue watches;                 /* EtcdWatch * */
         GQueue pending;                 /* Pending * */
@@ -185,6 +198,13 @@ static uint64_t now_usec(void) {
 
         (void) clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t) ts.tv_sec * UINT64_C(1000000) + (uint64_t) ts.tv_nsec / UINT64_C(1000);
+}
+
+/* Overwrites a secret before it is freed. */
+static void erase_free(char *s) {
+        if (s)
+                explicit_bzero(s, strlen(s));
+        g_free(s);
 }
 
 /* A printable excerpt of a reply for error messages. */
@@ -1057,6 +1077,9 @@ static void transfer_done_free(Transfer *t) {
                 curl_easy_cleanup(t->easy);
         curl_slist_free_all(t->headers);
         g_free(t->path);
+        /* The authentication's body holds the password. */
+        if (t->is_auth && t->body)
+                explicit_bzero(t->body, strlen(t->body));
         g_free(t->body);
         if (t->response)
                 g_byte_array_unref(t->response);
@@ -1114,18 +1137,9 @@ static int transfer_init(Transfer *t, TransferKind kind, EtcdClient *c, const ch
         t->body = body;
         t->response = g_byte_array_new();
         t->failures = g_string_new(NULL);
-        t->first_endpoint = c->preferred;
-        t->deadline = now_usec() + c->call_timeout_usec;
 
         t->easy = curl_easy_init();
         if (!t->easy)
-                return -ENOMEM;
-        t->headers = curl_slist_append(NULL, "Content-Type: application/json");
-        if (!t->headers)
-                return -ENOMEM;
-        /* No "Expect: 100-continue" round trip for larger bodies. */
-        t->headers = curl_slist_append(t->headers, "Expect:");
-        if (!t->headers)
                 return -ENOMEM;
 
         if (curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t) != CURLE_OK ||
@@ -1134,7 +1148,6 @@ static int transfer_init(Transfer *t, TransferKind kind, EtcdClient *c, const ch
             /* An empty proxy: no http_proxy from the environment. */
             curl_easy_setopt(t->easy, CURLOPT_PROXY, "") != CURLE_OK ||
             curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1) != CURLE_OK ||
-            curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers) != CURLE_OK ||
             curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body) != CURLE_OK ||
             curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(t->body)) != CURLE_OK ||
             curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf) != CURLE_OK ||
@@ -1150,6 +1163,40 @@ static int transfer_init(Transfer *t, TransferKind kind, EtcdClient *c, const ch
 }
 
 static int on_watch_create_timeout(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* The headers of the next attempt, with the client's current token. */
+static int transfer_set_headers(Transfer *t) {
+        EtcdClient *c = t->client;
+        g_autofree char *authorization = NULL;
+        const char *lines[3] = {
+                "Content-Type: application/json",
+                /* No "Expect: 100-continue" round trip for larger bodies. */
+                "Expect:",
+        };
+        struct curl_slist *h = NULL;
+
+        /* etcd takes the bare token from this header (no "Bearer"). */
+        if (!t->is_auth && c->token)
+                lines[2] = authorization = g_strconcat("Authorization: ", c->token, NULL);
+
+        for (size_t i = 0; i < G_N_ELEMENTS(lines) && lines[i]; i++) {
+                struct curl_slist *n = curl_slist_append(h, lines[i]);
+
+                if (!n) {
+                        curl_slist_free_all(h);
+                        return -ENOMEM;
+                }
+                h = n;
+        }
+        if (curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, h) != CURLE_OK) {
+                curl_slist_free_all(h);
+                return -ENOMEM;
+        }
+        curl_slist_free_all(t->headers);
+        t->headers = h;
+        t->token_generation = c->token_generation;
+        return 0;
+}
 
 /* Starts the next attempt. -ETIMEDOUT if the call's time is up. */
 static int transfer_attempt(Transfer *t) {
@@ -1180,6 +1227,10 @@ static int transfer_attempt(Transfer *t) {
                 etcd_json_splitter_free(w->splitter);
                 w->splitter = etcd_json_splitter_new();
         }
+
+        r = transfer_set_headers(t);
+        if (r < 0)
+                return r;
 
         url = g_strconcat(c->endpoints[t->endpoint], t->path, NULL);
         if (curl_easy_setopt(t->easy, CURLOPT_URL, url) != CURLE_OK ||
@@ -1311,6 +1362,154 @@ static int curl_result_to_errno(Transfer *t, CURLcode result, bool *ret_fail_ove
         }
 }
 
+/* ---- authentication ----------------------------------------------------------- */
+
+static int client_authenticate(EtcdClient *c);
+
+/* Starts the transfer afresh (its whole budget, from the endpoint that
+ * answered last), or parks it until the client has a token. */
+static int transfer_start(Transfer *t) {
+        EtcdClient *c = t->client;
+        int r;
+
+        if (!t->is_auth && c->user && !c->authenticated) {
+                r = client_authenticate(c);
+                if (r < 0)
+                        return r;
+                g_queue_push_tail(&c->auth_waiting, t);
+                t->auth_link = c->auth_waiting.tail;
+                return 0;
+        }
+
+        t->first_endpoint = c->preferred;
+        t->n_tried = 0;
+        t->deadline = now_usec() + c->call_timeout_usec;
+        g_string_truncate(t->failures, 0);
+        t->failure_error = 0;
+        t->failures_disagree = false;
+        return transfer_attempt(t);
+}
+
+/* Out of the client's auth_waiting queue, if there. */
+static void transfer_unpark(Transfer *t) {
+        if (!t->auth_link)
+                return;
+        g_queue_delete_link(&t->client->auth_waiting, t->auth_link);
+        t->auth_link = NULL;
+}
+
+/* etcd's words for a token it does not take: unknown or expired ("invalid
+ * auth token"), issued before a change of users or roles ("revision of
+ * auth store is old"), or none sent since authentication was enabled
+ * ("user name is empty"). Watches get them inside a cancel reason. */
+static bool is_token_error(const char *message) {
+        return message &&
+                (strstr(message, "etcdserver: invalid auth token") ||
+                 strstr(message, "etcdserver: revision of auth store is old") ||
+                 strstr(message, "etcdserver: user name is empty"));
+}
+
+/* After etcd refused the token of t's attempt: authenticate again (unless
+ * another transfer already did, or is doing it) and start t again, once per
+ * transfer. false if t is not to be retried. */
+static bool transfer_retry_with_new_token(Transfer *t, const char *message) {
+        EtcdClient *c = t->client;
+        int r;
+
+        if (t->is_auth || !c->user || t->reauthenticated || !is_token_error(message))
+                return false;
+
+        t->reauthenticated = true;
+        /* Only the token this transfer sent is dropped: if a newer one came
+         * meanwhile, it is used at once, and one authentication serves all. */
+        if (t->token_generation == c->token_generation)
+                c->authenticated = false;
+
+        r = transfer_start(t);
+        if (r < 0)
+                transfer_finish(t, r, g_strdup_printf("Failed to start a request to etcd: %s", g_strerror(-r)));
+        return true;
+}
+
+static void on_authenticated(EtcdCall *call, int error, const char *error_message, JsonNode *reply,
+                             void *userdata) {
+        EtcdClient *c = userdata;
+        const char *endpoint = c->endpoints[call->transfer.endpoint], *token = NULL;
+        g_autofree char *message = NULL, *parse_message = NULL;
+        Transfer *t;
+        int r;
+
+        c->auth_call = NULL;
+
+        if (error >= 0) {
+                error = get_string(json_node_get_object(reply), "token", &token, &parse_message);
+                if (error >= 0 && (!token || !*token))
+                        error = bad_message(&parse_message, "reply without a token");
+                error_message = parse_message;
+        } else if (error == -ESTALE && strstr(error_message, "authentication is not enabled")) {
+                /* As etcdctl: go on without a token; should etcd turn
+                 * authentication on later, the first refusal brings one. */
+                error = 0;
+                token = NULL;
+        }
+
+        if (error < 0) {
+                /* A wrong name or password is INVALID_ARGUMENT to etcd;
+                 * to the caller it is a refusal. */
+                if (error == -EINVAL)
+                        error = -EACCES;
+                message = g_strdup_printf("Failed to authenticate to etcd as user '%s' at %s: %s", c->user,
+                                          endpoint, error_message);
+                while ((t = g_queue_pop_head(&c->auth_waiting))) {
+                        t->auth_link = NULL;
+                        transfer_finish(t, error, g_strdup(message));
+                }
+                return;
+        }
+
+        erase_free(c->token);
+        c->token = g_strdup(token);
+        c->authenticated = true;
+        c->token_generation++;
+        if (token)
+                c->n_authentications++;
+
+        while ((t = g_queue_pop_head(&c->auth_waiting))) {
+                t->auth_link = NULL;
+                r = transfer_start(t);
+                if (r < 0)
+                        transfer_finish(t, r, g_strdup_printf("Failed to start a request to etcd: %s",
+                                                              g_strerror(-r)));
+        }
+}
+
+static int call_start(EtcdClient *c, const char *path, JsonNode *request, CallKind kind, bool is_auth,
+                      EtcdCall **ret);
+
+/* Starts the one authentication, unless it is in flight already. */
+static int client_authenticate(EtcdClient *c) {
+        g_autoptr(JsonNode) request = NULL;
+        JsonObject *o;
+        EtcdCall *call;
+        int r;
+
+        if (c->auth_call)
+                return 0;
+
+        o = json_object_new();
+        json_object_set_string_member(o, "name", c->user);
+        json_object_set_string_member(o, "password", c->password);
+        request = node_take_object(o);
+
+        r = call_start(c, "/v3/auth/authenticate", request, CALL_GENERIC, /* is_auth= */ true, &call);
+        if (r < 0)
+                return r;
+        call->callback.generic = on_authenticated;
+        call->userdata = c;
+        c->auth_call = call;
+        return 0;
+}
+
 static void call_done(EtcdCall *call, CURLcode result) {
         Transfer *t = &call->transfer;
         EtcdClient *c = t->client;
@@ -1344,6 +1543,10 @@ static void call_done(EtcdCall *call, CURLcode result) {
 
         /* It answered, if only with an error: start there next time. */
         c->preferred = t->endpoint;
+        if (r < 0 && transfer_retry_with_new_token(t, message)) {
+                g_free(message);
+                return;
+        }
         call_finish(call, r, message, reply);
 }
 
@@ -1357,6 +1560,12 @@ static void watch_done(EtcdWatch *w, CURLcode result) {
 
         if (w->finished)
                 return; /* its write callback ended it */
+        if (w->token_refused) {
+                /* Only now: a transfer cannot restart from its own callback. */
+                w->token_refused = false;
+                if (transfer_retry_with_new_token(t, "etcdserver: invalid auth token"))
+                        return;
+        }
 
         (void) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
 
@@ -1389,8 +1598,11 @@ static void watch_done(EtcdWatch *w, CURLcode result) {
                 }
                 if (r == 1)
                         r = -EHOSTUNREACH;
-                else
+                else {
+                        if (r < 0 && transfer_retry_with_new_token(t, message))
+                                return;
                         fail_over = false;
+                }
         }
 
         if (fail_over)
@@ -1510,6 +1722,7 @@ static void call_detach(EtcdCall *call) {
         EtcdClient *c = call->transfer.client;
 
         transfer_detach(&call->transfer);
+        transfer_unpark(&call->transfer);
         client_unqueue(c, call, NULL);
         g_queue_delete_link(&c->calls, call->transfer.link);
         call->transfer.link = NULL;
@@ -1523,7 +1736,8 @@ void etcd_call_cancel(EtcdCall *call) {
         call_free(call);
 }
 
-static int call_start(EtcdClient *c, const char *path, JsonNode *request, CallKind kind, EtcdCall **ret) {
+static int call_start(EtcdClient *c, const char *path, JsonNode *request, CallKind kind, bool is_auth,
+                      EtcdCall **ret) {
         EtcdCall *call;
         int r;
 
@@ -1532,11 +1746,13 @@ static int call_start(EtcdClient *c, const char *path, JsonNode *request, CallKi
 
         call = g_new0(EtcdCall, 1);
         call->kind = kind;
+        call->transfer.is_auth = is_auth;
         r = transfer_init(&call->transfer, TRANSFER_CALL, c, path, node_to_body(request));
         if (r >= 0)
-                r = transfer_attempt(&call->transfer);
+                r = transfer_start(&call->transfer);
         if (r < 0) {
                 transfer_detach(&call->transfer);
+                transfer_unpark(&call->transfer);
                 call_free(call);
                 return r;
         }
@@ -1555,7 +1771,7 @@ int etcd_call(EtcdClient *c, const char *path, JsonNode *request, EtcdCallback c
         if (!callback)
                 return -EINVAL;
 
-        r = call_start(c, path, request, CALL_GENERIC, &call);
+        r = call_start(c, path, request, CALL_GENERIC, /* is_auth= */ false, &call);
         if (r < 0)
                 return r;
         call->callback.generic = callback;
@@ -1682,7 +1898,7 @@ static int typed_call(EtcdClient *c, const char *path, JsonNode *request, CallKi
                 return -EINVAL;
         }
 
-        r = call_start(c, path, request, kind, &call);
+        r = call_start(c, path, request, kind, /* is_auth= */ false, &call);
         json_node_unref(request);
         if (r < 0)
                 return r;
@@ -1978,6 +2194,7 @@ static void watch_detach(EtcdWatch *w) {
         EtcdClient *c = w->transfer.client;
 
         transfer_detach(&w->transfer);
+        transfer_unpark(&w->transfer);
         client_unqueue(c, NULL, w);
         g_queue_delete_link(&c->watches, w->transfer.link);
         w->transfer.link = NULL;
@@ -2014,6 +2231,12 @@ static void watch_handle_message(EtcdWatch *w, JsonNode *message) {
         int r;
 
         r = etcd_parse_watch_message(message, &events, &created, &revision, &text);
+        if (r < 0 && !w->created && c->user && !w->transfer.reauthenticated && is_token_error(text)) {
+                /* Refused before it was created: its token was. */
+                w->token_refused = true;
+                g_free(text);
+                return;
+        }
         if (r < 0) {
                 watch_finish(w, r, text);
                 return;
@@ -2049,7 +2272,7 @@ static size_t on_write_watch(char *data, size_t size, size_t nmemb, void *userda
         long status = 0;
         int r;
 
-        if (w->finished)
+        if (w->finished || w->token_refused)
                 return 0;
 
         (void) curl_easy_getinfo(w->transfer.easy, CURLINFO_RESPONSE_CODE, &status);
@@ -2059,9 +2282,9 @@ static size_t on_write_watch(char *data, size_t size, size_t nmemb, void *userda
 
         messages = g_ptr_array_new_with_free_func((GDestroyNotify) json_node_unref);
         r = etcd_json_splitter_feed(w->splitter, data, n, messages, &text);
-        for (size_t i = 0; i < messages->len && !w->finished; i++)
+        for (size_t i = 0; i < messages->len && !w->finished && !w->token_refused; i++)
                 watch_handle_message(w, messages->pdata[i]);
-        if (w->finished) {
+        if (w->finished || w->token_refused) {
                 g_free(text);
                 return 0; /* ends the transfer */
         }
@@ -2107,9 +2330,10 @@ int etcd_watch(EtcdClient *c, const void *key, size_t key_size, const EtcdWatchO
         w->userdata = userdata;
         r = transfer_init(&w->transfer, TRANSFER_WATCH, c, "/v3/watch", node_to_body(request));
         if (r >= 0)
-                r = transfer_attempt(&w->transfer);
+                r = transfer_start(&w->transfer);
         if (r < 0) {
                 transfer_detach(&w->transfer);
+                transfer_unpark(&w->transfer);
                 watch_free(w);
                 return r;
         }
@@ -2238,6 +2462,7 @@ int etcd_client_new(sd_event *event, char * const *endpoints, uint64_t call_time
         c->event = sd_event_ref(event);
         c->call_timeout_usec = call_timeout_usec > 0 ? call_timeout_usec : ETCD_DEFAULT_CALL_TIMEOUT_USEC;
         c->sockets = g_hash_table_new_full(NULL, NULL, NULL, socket_source_free);
+        g_queue_init(&c->auth_waiting);
         g_queue_init(&c->calls);
         g_queue_init(&c->watches);
         g_queue_init(&c->pending);
@@ -2305,6 +2530,9 @@ EtcdClient *etcd_client_free(EtcdClient *c) {
         g_free(c->ca_file);
         g_free(c->cert_file);
         g_free(c->key_file);
+        g_free(c->user);
+        erase_free(c->password);
+        erase_free(c->token);
         g_free(c);
         return NULL;
 }
@@ -2327,6 +2555,26 @@ int etcd_client_set_tls(EtcdClient *c, const EtcdTlsOptions *tls) {
         g_free(c->key_file);
         c->key_file = g_strdup(tls->key_file);
         return 0;
+}
+
+int etcd_client_set_auth(EtcdClient *c, const char *user, const char *password) {
+        if (!c || !user != !password || (user && !*user))
+                return -EINVAL;
+
+        g_free(c->user);
+        c->user = g_strdup(user);
+        erase_free(c->password);
+        c->password = g_strdup(password);
+        /* A token of the old name is no good: the next start authenticates. */
+        erase_free(c->token);
+        c->token = NULL;
+        c->authenticated = false;
+        c->token_generation++;
+        return 0;
+}
+
+unsigned etcd_client_get_n_authentications(const EtcdClient *c) {
+        return c->n_authentications;
 }
 
 const char *etcd_client_get_endpoint(const EtcdClient *c) {

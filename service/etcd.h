@@ -71,8 +71,26 @@
  * when the member's refusal comes as an alert after the handshake (etcd's
  * answer to a missing client certificate).
  *
- * Not here: etcd's user/password authentication, discovering members
- * beyond the endpoint list, gRPC itself. */
+ * Authentication. With a user and password (etcd_client_set_auth()) the
+ * client gets a token from "/v3/auth/authenticate" before its first call
+ * or watch starts, and sends it in the "Authorization" header of each
+ * request (a watch needs it only to be created). Calls and watches started
+ * meanwhile wait for that one authentication, then start with their whole
+ * call_timeout_usec; the authentication fails over like a call. When etcd
+ * refuses a token (it expired: --auth-token-ttl; it predates a change of
+ * users, roles or passwords; or none was sent as authentication was turned
+ * on later), the first request to see that token refused authenticates
+ * again and every request refused retries once with the new token, so one
+ * authentication serves a burst of refusals. A simple token is known to
+ * every member, so failover keeps it; a member that does not take it is
+ * one more refusal. A failed authentication fails every request waiting
+ * for it with "Failed to authenticate to etcd as user 'NAME' at ENDPOINT:
+ * etcd's reason" (never the password): -EACCES for a wrong user or
+ * password, else the errno of the failure as above. When etcd says its
+ * authentication is not enabled, requests go on without a token (as
+ * etcdctl does).
+ *
+ * Not here: discovering members beyond the endpoint list, gRPC itself. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -110,6 +128,15 @@ typedef struct EtcdTlsOptions {
  * are not read here: a file that cannot be used fails each call, naming it
  * (the caller checks them at start to say so before anything runs). */
 int etcd_client_set_tls(EtcdClient *c, const EtcdTlsOptions *tls);
+
+/* etcd's user/password authentication (etcdctl's --user): both or
+ * neither (NULL, NULL: none, the default); -EINVAL otherwise or for an
+ * empty user. Copied; the password is never logged nor put in a message.
+ * Set it before the first call or watch starts. */
+int etcd_client_set_auth(EtcdClient *c, const char *user, const char *password);
+
+/* How many tokens etcd gave this client so far (for tests and logs). */
+unsigned etcd_client_get_n_authentications(const EtcdClient *c);
 
 /* Ends every call and watch without calling their callbacks (their
  * pointers are invalid afterwards) and closes the connections. NULL-safe;

@@ -18,6 +18,7 @@
 static bool arg_user = false;
 static char *arg_config = NULL;
 static Settings arg_settings;
+static char *arg_etcd_password = NULL;  /* read from --etcd-password-file=, erased at exit */
 
 static void help(void) {
         printf("%s [OPTIONS...]\n\n"
@@ -51,6 +52,10 @@ static void help(void) {
                "                              bundle instead of the system's CA store\n"
                "     --etcd-certfile=FILE     Client certificate for etcd (--client-cert-auth)\n"
                "     --etcd-keyfile=FILE      Its private key (with --etcd-certfile=)\n"
+               "     --etcd-user=NAME         Authenticate to etcd as this user\n"
+               "     --etcd-password-file=FILE\n"
+               "                              The file holding its password, on one line\n"
+               "                              (with --etcd-user=)\n"
                "\nEvery option but --system, --user and --config= can also be set in the\n"
                "configuration file; the command line wins.\n"
                "See the lockbusd(8) man page for details.\n",
@@ -176,6 +181,9 @@ static int parse_argv(int argc, char *argv[]) {
         r = settings_check(&arg_settings);
         if (r < 0)
                 return r;
+        r = settings_read_etcd_password(&arg_settings, &arg_etcd_password);
+        if (r < 0)
+                return r;
         r = default_directories();
         if (r < 0)
                 return r;
@@ -211,6 +219,8 @@ int main(int argc, char *argv[]) {
                 .etcd_ca_file = arg_settings.etcd_ca_file,
                 .etcd_cert_file = arg_settings.etcd_cert_file,
                 .etcd_key_file = arg_settings.etcd_key_file,
+                .etcd_user = arg_settings.etcd_user,
+                .etcd_password = arg_etcd_password,
         };
         r = manager_new(&config, &m);
         if (r >= 0)
@@ -221,6 +231,9 @@ int main(int argc, char *argv[]) {
 finish:
         settings_done(&arg_settings);
         g_free(arg_config);
+        if (arg_etcd_password)
+                explicit_bzero(arg_etcd_password, strlen(arg_etcd_password));
+        g_free(arg_etcd_password);
         /* Usage errors exit with 2, other failures with 1. */
         return r < 0 ? 2 : r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

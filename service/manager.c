@@ -960,6 +960,8 @@ static int manager_start_cluster(Manager *m, const ManagerConfig *config) {
                         .ca_file = config->etcd_ca_file,
                         .cert_file = config->etcd_cert_file,
                         .key_file = config->etcd_key_file,
+                        .user = config->etcd_user,
+                        .password = config->etcd_password,
                         .machine_id = machine_id,
                         .hostname = hostname,
                 }, &m->cluster);

@@ -46,6 +46,8 @@ typedef struct ManagerConfig {
         const char *etcd_ca_file;       /* TLS files (etcd.h, EtcdTlsOptions), NULL: unset */
         const char *etcd_cert_file;
         const char *etcd_key_file;
+        const char *etcd_user;          /* authentication (etcd.h, etcd_client_set_auth()), NULL: none */
+        const char *etcd_password;      /* with etcd_user: the password itself, never logged */
 } ManagerConfig;
 
 typedef struct Manager {

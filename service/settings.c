@@ -50,6 +50,20 @@ static int parse_file(const char *value, void *field) {
         return 0;
 }
 
+/* etcd's user name: anything printable (etcd itself takes any string). */
+static int parse_etcd_user(const char *value, void *field) {
+        char **ret = field;
+
+        if (!*value || !g_utf8_validate(value, -1, NULL))
+                return -EINVAL;
+        for (const char *p = value; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        return -EINVAL;
+        g_free(*ret);
+        *ret = g_strdup(value);
+        return 0;
+}
+
 /* Seconds with an optional fraction, e.g. "30" or "0.25", to µs. */
 static int parse_seconds(const char *value, void *field) {
         uint64_t *ret = field, usec = 0, scale = 100000;
@@ -203,6 +217,14 @@ static const SettingInfo setting_table[_SETTING_MAX] = {
                 "etcd-keyfile", "EtcdKeyFile", "an absolute file name",
                 offsetof(Settings, etcd_key_file), parse_file,
         },
+        [SETTING_ETCD_USER] = {
+                "etcd-user", "EtcdUser", "a user name without control characters",
+                offsetof(Settings, etcd_user), parse_etcd_user,
+        },
+        [SETTING_ETCD_PASSWORD_FILE] = {
+                "etcd-password-file", "EtcdPasswordFile", "an absolute file name",
+                offsetof(Settings, etcd_password_file), parse_file,
+        },
 };
 
 void settings_init(Settings *s) {
@@ -222,6 +244,8 @@ void settings_done(Settings *s) {
         g_free(s->etcd_ca_file);
         g_free(s->etcd_cert_file);
         g_free(s->etcd_key_file);
+        g_free(s->etcd_user);
+        g_free(s->etcd_password_file);
         settings_init(s);
 }
 
@@ -266,6 +290,12 @@ static void settings_reset(Settings *s, Setting id) {
                 break;
         case SETTING_ETCD_KEY_FILE:
                 g_clear_pointer(&s->etcd_key_file, g_free);
+                break;
+        case SETTING_ETCD_USER:
+                g_clear_pointer(&s->etcd_user, g_free);
+                break;
+        case SETTING_ETCD_PASSWORD_FILE:
+                g_clear_pointer(&s->etcd_password_file, g_free);
                 break;
         default:
                 g_assert_not_reached();
@@ -517,10 +547,71 @@ static int settings_check_tls(const Settings *s) {
         return 0;
 }
 
+static int settings_check_auth(const Settings *s) {
+        if (s->etcd_user && !s->etcd_password_file)
+                return log_error_errno(EINVAL, "--etcd-user= (EtcdUser=) needs its password, "
+                                       "--etcd-password-file= (EtcdPasswordFile=).");
+        if (!s->etcd_user && s->etcd_password_file)
+                return log_error_errno(EINVAL, "--etcd-password-file= (EtcdPasswordFile=) needs its user, "
+                                       "--etcd-user= (EtcdUser=).");
+        if (!s->etcd_user)
+                return 0;
+        if (!s->backend_etcd)
+                return log_error_errno(EINVAL, "--etcd-user= (EtcdUser=) is for --backend=etcd (Backend=etcd).");
+        return check_file_readable(SETTING_ETCD_PASSWORD_FILE, s->etcd_password_file);
+}
+
 int settings_check(const Settings *s) {
+        int r;
+
         if (s->backend_etcd && !s->etcd_endpoints)
                 return log_error_errno(EINVAL, "--backend=etcd (Backend=etcd) needs --etcd-endpoints= (EtcdEndpoints=).");
         if (!s->backend_etcd && s->etcd_endpoints)
                 return log_error_errno(EINVAL, "--etcd-endpoints= (EtcdEndpoints=) is for --backend=etcd (Backend=etcd).");
-        return settings_check_tls(s);
+        r = settings_check_tls(s);
+        if (r < 0)
+                return r;
+        return settings_check_auth(s);
+}
+
+int settings_read_etcd_password(const Settings *s, char **ret) {
+        const char *path = s->etcd_password_file;
+        _cleanup_close_ int fd = -1;
+        char buf[4096 + 1];
+        size_t size = 0;
+        ssize_t n;
+
+        if (!path) {
+                *ret = NULL;
+                return 0;
+        }
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "--etcd-password-file= (EtcdPasswordFile=): cannot read %s: %m", path);
+        /* A password is short: more than buf holds is not one. */
+        while (size < sizeof(buf) && (n = read(fd, buf + size, sizeof(buf) - size)) != 0) {
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        explicit_bzero(buf, sizeof(buf));
+                        return log_error_errno(errno, "--etcd-password-file= (EtcdPasswordFile=): "
+                                               "cannot read %s: %m", path);
+                }
+                size += (size_t) n;
+        }
+
+        /* One line, as `echo secret > FILE` writes it. */
+        if (size > 0 && size < sizeof(buf) && buf[size - 1] == '\n')
+                size--;
+        if (size == 0 || size >= sizeof(buf) || memchr(buf, '\0', size) || memchr(buf, '\n', size)) {
+                explicit_bzero(buf, sizeof(buf));
+                return log_error_errno(EINVAL, "--etcd-password-file= (EtcdPasswordFile=): %s must hold the "
+                                       "password on one line of at most %zu bytes, and it %s.", path,
+                                       sizeof(buf) - 2, size == 0 ? "is empty" : "does not");
+        }
+
+        *ret = g_strndup(buf, size);
+        explicit_bzero(buf, sizeof(buf));
+        return 0;
 }

@@ -52,6 +52,8 @@ typedef enum Setting {
         SETTING_ETCD_CA_FILE,           /* --etcd-cafile=         EtcdCAFile= */
         SETTING_ETCD_CERT_FILE,         /* --etcd-certfile=       EtcdCertFile= */
         SETTING_ETCD_KEY_FILE,          /* --etcd-keyfile=        EtcdKeyFile= */
+        SETTING_ETCD_USER,              /* --etcd-user=           EtcdUser= */
+        SETTING_ETCD_PASSWORD_FILE,     /* --etcd-password-file=  EtcdPasswordFile= */
         _SETTING_MAX,
 } Setting;
 
@@ -68,6 +70,8 @@ typedef struct Settings {
         char *etcd_ca_file;             /* NULL: the system's CA store */
         char *etcd_cert_file;           /* NULL: no client certificate */
         char *etcd_key_file;            /* NULL: none (with etcd_cert_file) */
+        char *etcd_user;                /* NULL: no authentication */
+        char *etcd_password_file;       /* NULL: none (with etcd_user); never the password itself */
 } Settings;
 
 /* The built-in defaults. */
@@ -98,7 +102,14 @@ char *settings_default_config_file(bool user);
 /* The rules across settings, once every source is read: the etcd backend
  * needs endpoints, and endpoints and the TLS files need the etcd backend;
  * the client certificate and its key go together; the TLS files need an
- * https:// endpoint and must be readable files now. Logs and returns a
- * negative errno (-EINVAL, or why a file cannot be read) when one is
- * broken. */
+ * https:// endpoint and must be readable files now; the etcd user and its
+ * password file go together, need the etcd backend, and the file must be
+ * readable now. Logs and returns a negative errno (-EINVAL, or why a file
+ * cannot be read) when one is broken. */
 int settings_check(const Settings *s);
+
+/* The password in the password file (NULL if none is set): its one line,
+ * without the trailing newline. Logs naming the file (never what it holds)
+ * and returns a negative errno if it cannot be read or is empty. The caller
+ * erases it (explicit_bzero()) before freeing it. */
+int settings_read_etcd_password(const Settings *s, char **ret);

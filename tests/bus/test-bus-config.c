@@ -7,7 +7,9 @@
  * warns, and a bad value or a missing file that stop the daemon with exit
  * status 2 before it touches anything; so do broken TLS settings of cluster
  * mode (a certificate without its key, a CA file that is not there, a
- * relative file name).
+ * relative file name) and broken credentials (a user without its password
+ * file, a password file that is not there or empty, a user without the
+ * etcd backend).
  *
  * The file lives in the bus's DIR, so the harness removes it with the bus,
  * also when a test fails; DIR is known only once the bus exists, so
@@ -255,6 +257,69 @@ static void test_config_etcd_relative_file(void) {
         assert_refused(b, expected);
 }
 
+/* etcd's user needs its password file (and there is no option taking the
+ * password itself). */
+static void test_config_etcd_user_without_password(void) {
+        static const char *const args[] = { "--etcd-user=root", NULL };
+        g_autoptr(TestBus) b = bus_with_config("[Daemon]\n"
+                                               "Backend=etcd\n"
+                                               "EtcdEndpoints=http://127.0.0.1:1\n",
+                                               args, NULL);
+
+        assert_refused(b, "--etcd-user= (EtcdUser=) needs its password, "
+                          "--etcd-password-file= (EtcdPasswordFile=).\n");
+}
+
+/* A password file that is not there: named, before anything starts. */
+static void test_config_etcd_missing_password_file(void) {
+        g_autofree char *missing = g_build_filename(g_get_tmp_dir(), "lockbus-no-such-dir", "password", NULL);
+        g_autofree char *contents = NULL, *expected = NULL;
+        g_autoptr(TestBus) b = NULL;
+
+        contents = g_strdup_printf("[Daemon]\n"
+                                   "Backend=etcd\n"
+                                   "EtcdEndpoints=http://127.0.0.1:1\n"
+                                   "EtcdUser=root\n"
+                                   "EtcdPasswordFile=%s\n", missing);
+        b = bus_with_config(contents, NULL, NULL);
+
+        expected = g_strdup_printf("--etcd-password-file= (EtcdPasswordFile=): cannot read %s: %s\n", missing,
+                                   g_strerror(ENOENT));
+        assert_refused(b, expected);
+}
+
+/* A password file with nothing in it but the newline. */
+static void test_config_etcd_empty_password_file(void) {
+        g_autofree char *path = NULL, *password = NULL, *contents = NULL, *expected = NULL;
+        g_autoptr(TestBus) b = bus_with_config(NULL, NULL, &path);
+
+        password = g_build_filename(b->dir, "password", NULL);
+        write_file(password, "\n");
+        contents = g_strdup_printf("[Daemon]\n"
+                                   "Backend=etcd\n"
+                                   "EtcdEndpoints=http://127.0.0.1:1\n"
+                                   "EtcdUser=root\n"
+                                   "EtcdPasswordFile=%s\n", password);
+        write_file(path, contents);
+
+        expected = g_strdup_printf("--etcd-password-file= (EtcdPasswordFile=): %s must hold the password on "
+                                   "one line of at most 4095 bytes, and it is empty.\n", password);
+        assert_refused(b, expected);
+}
+
+/* Credentials are for cluster mode only. */
+static void test_config_etcd_user_without_backend(void) {
+        g_autofree char *path = NULL, *password = NULL, *contents = NULL;
+        g_autoptr(TestBus) b = bus_with_config(NULL, NULL, &path);
+
+        password = g_build_filename(b->dir, "password", NULL);
+        write_file(password, "secret\n");
+        contents = g_strdup_printf("[Daemon]\nEtcdUser=root\nEtcdPasswordFile=%s\n", password);
+        write_file(path, contents);
+
+        assert_refused(b, "--etcd-user= (EtcdUser=) is for --backend=etcd (Backend=etcd).\n");
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -267,6 +332,10 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/bus/config/etcd-cert-without-key", test_config_etcd_cert_without_key);
         g_test_add_func("/bus/config/etcd-missing-ca-file", test_config_etcd_missing_ca_file);
         g_test_add_func("/bus/config/etcd-relative-file", test_config_etcd_relative_file);
+        g_test_add_func("/bus/config/etcd-user-without-password", test_config_etcd_user_without_password);
+        g_test_add_func("/bus/config/etcd-missing-password-file", test_config_etcd_missing_password_file);
+        g_test_add_func("/bus/config/etcd-empty-password-file", test_config_etcd_empty_password_file);
+        g_test_add_func("/bus/config/etcd-user-without-backend", test_config_etcd_user_without_backend);
 
         return g_test_run();
 }

@@ -18,6 +18,10 @@ void cluster_test_init_tls(int *argc, char ***argv) {
         cluster = etcd_test_init_tls(argc, argv, 3);
 }
 
+void cluster_test_init_auth(int *argc, char ***argv) {
+        cluster = etcd_test_init_auth(argc, argv, 3);
+}
+
 int cluster_test_run(void) {
         int r;
 
@@ -49,8 +53,10 @@ static void host_setup(ClusterFixture *f, ClusterHost *h, const char *hostname, 
         g_autofree char *endpoints = g_strjoinv(",", etcd_cluster_endpoints(f->etcd));
         g_autofree char *endpoints_arg = g_strconcat("--etcd-endpoints=", endpoints, NULL);
         g_autofree char *prefix_arg = g_strconcat("--etcd-prefix=", f->prefix, NULL);
-        g_autofree char *ca_arg = NULL, *cert_arg = NULL, *key_arg = NULL, *services = NULL;
+        g_autofree char *ca_arg = NULL, *cert_arg = NULL, *key_arg = NULL, *services = NULL, *user_arg = NULL,
+                *password_arg = NULL;
         const EtcdClusterTls *tls = etcd_cluster_tls(f->etcd);
+        const EtcdClusterAuth *auth = etcd_cluster_auth(f->etcd);
         g_auto(GStrv) wrapper = NULL, argv = NULL, args = NULL;
         g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
 
@@ -61,6 +67,11 @@ static void host_setup(ClusterFixture *f, ClusterHost *h, const char *hostname, 
                 cert_arg = g_strconcat("--etcd-certfile=", tls->cert_file, NULL);
                 key_arg = g_strconcat("--etcd-keyfile=", tls->key_file, NULL);
                 g_strv_builder_add_many(builder, ca_arg, cert_arg, key_arg, NULL);
+        }
+        if (auth) {
+                user_arg = g_strconcat("--etcd-user=", auth->user, NULL);
+                password_arg = g_strconcat("--etcd-password-file=", auth->password_file, NULL);
+                g_strv_builder_add_many(builder, user_arg, password_arg, NULL);
         }
         if (more_args)
                 g_strv_builder_addv(builder, (const char **) more_args);
@@ -131,6 +142,11 @@ void cluster_fixture_setup(ClusterFixture *f, gconstpointer data) {
                                 .cert_file = tls->cert_file,
                                 .key_file = tls->key_file,
                         }), ==, 0);
+        }
+        if (etcd_cluster_auth(f->etcd)) {
+                const EtcdClusterAuth *auth = etcd_cluster_auth(f->etcd);
+
+                g_assert_cmpint(etcd_client_set_auth(f->etcd_client, auth->user, auth->password), ==, 0);
         }
 
         host_setup(f, &f->a, "hostA", CLUSTER_MACHINE_ID_A, data);

@@ -28,6 +28,11 @@
  * before what the case adds (so a case can override one), and the test's
  * own etcd client uses the same files.
  *
+ * With cluster_test_init_auth() etcd's authentication is on (user root,
+ * etcd-test.h); both daemons then also get
+ *      --etcd-user=root --etcd-password-file=<its file>
+ * and the test's own etcd client authenticates as root too.
+ *
  * Cases never see each other's keys: each has its own prefix. The lease
  * TTL of 2 s is what a killed daemon's connection holds outlive it by.
  *
@@ -84,6 +89,8 @@ typedef struct ClusterFixture {
 void cluster_test_init(int *argc, char ***argv);
 /* The same with a TLS cluster, as above. */
 void cluster_test_init_tls(int *argc, char ***argv);
+/* The same with etcd's authentication on, as below. */
+void cluster_test_init_auth(int *argc, char ***argv);
 /* The files of the TLS cluster; NULL without one (or without etcd). */
 const EtcdClusterTls *cluster_test_tls(void);
 /* g_test_run(), then stops the cluster. */

@@ -18,6 +18,7 @@
 
 #include <glib.h>
 
+#include "etcd-sync.h"
 #include "etcd-test.h"
 
 #define READY_TIMEOUT_USEC (60U * G_USEC_PER_SEC)
@@ -50,9 +51,16 @@ typedef struct TlsFiles {
         char *other_ca_file;
 } TlsFiles;
 
+typedef struct AuthFiles {
+        EtcdClusterAuth paths;          /* points into the strings below */
+        char *password;
+        char *password_file;
+} AuthFiles;
+
 struct EtcdCluster {
         char *dir;
         TlsFiles *tls;                  /* NULL: plain http:// */
+        AuthFiles *auth;                /* NULL: etcd's authentication is off */
         unsigned n;
         Member *members;
         char **endpoints;
@@ -440,7 +448,56 @@ static void member_spawn(EtcdCluster *c, Member *m, const char *etcd, const char
         reaper_say(c, say);
 }
 
-static EtcdCluster *cluster_start(unsigned n, bool tls, char **ret_skip_reason) {
+/* One request of the setup that must succeed. */
+static void auth_setup_call(sd_event *e, EtcdClient *client, const char *path, const char *json) {
+        _cleanup_(sync_result_clear) SyncResult r = {};
+
+        if (sync_call(e, client, path, json, &r) != 0)
+                g_error("Failed to enable etcd's authentication: POST %s: %s", path, r.message);
+}
+
+/* As etcdctl's "user add root", "user grant-role root root", "auth enable",
+ * through the gateway, then the password file for the daemon. */
+static AuthFiles *auth_enable(EtcdCluster *c) {
+        _cleanup_(etcd_client_freep) EtcdClient *client = NULL;
+        g_autoptr(GError) error = NULL;
+        g_autofree char *add = NULL, *contents = NULL;
+        AuthFiles *a = g_new0(AuthFiles, 1);
+        sd_event *e = NULL;
+
+        a->password = g_strdup_printf("pw-%08x%08x", g_random_int(), g_random_int());
+        a->password_file = g_build_filename(c->dir, "root.password", NULL);
+        a->paths = (EtcdClusterAuth) {
+                .user = "root",
+                .password = a->password,
+                .password_file = a->password_file,
+        };
+
+        g_assert_cmpint(sd_event_new(&e), >=, 0);
+        g_assert_cmpint(etcd_client_new(e, c->endpoints, 0, &client), ==, 0);
+        add = g_strdup_printf("{\"name\":\"root\",\"password\":\"%s\"}", a->password);
+        auth_setup_call(e, client, "/v3/auth/user/add", add);
+        auth_setup_call(e, client, "/v3/auth/user/grant", "{\"user\":\"root\",\"role\":\"root\"}");
+        auth_setup_call(e, client, "/v3/auth/enable", "{}");
+        client = etcd_client_free(client);
+        sd_event_unref(e);
+
+        /* As `echo PASSWORD > FILE` writes it. */
+        contents = g_strconcat(a->password, "\n", NULL);
+        if (!g_file_set_contents(a->password_file, contents, -1, &error))
+                g_error("Failed to write %s: %s", a->password_file, error->message);
+        return a;
+}
+
+static void auth_files_free(AuthFiles *a) {
+        if (!a)
+                return;
+        g_free(a->password);
+        g_free(a->password_file);
+        g_free(a);
+}
+
+static EtcdCluster *cluster_start(unsigned n, bool tls, bool auth, char **ret_skip_reason) {
         g_autofree char *etcd = find_etcd(), *openssl = NULL;
         g_autoptr(GError) error = NULL;
         g_auto(GStrv) environ_list = NULL;
@@ -523,17 +580,29 @@ static EtcdCluster *cluster_start(unsigned n, bool tls, char **ret_skip_reason) 
         }
         g_mutex_unlock(&c->lock);
 
+        if (auth)
+                c->auth = auth_enable(c);
+
         g_test_message("etcd cluster of %u members%s ready in %" G_GINT64_FORMAT " ms (%s)", n,
-                       tls ? " with TLS" : "", (g_get_monotonic_time() - started) / 1000, c->dir);
+                       tls ? " with TLS" : auth ? " with authentication" : "",
+                       (g_get_monotonic_time() - started) / 1000, c->dir);
         return c;
 }
 
 EtcdCluster *etcd_cluster_start(unsigned n, char **ret_skip_reason) {
-        return cluster_start(n, false, ret_skip_reason);
+        return cluster_start(n, false, false, ret_skip_reason);
 }
 
 EtcdCluster *etcd_cluster_start_tls(unsigned n, char **ret_skip_reason) {
-        return cluster_start(n, true, ret_skip_reason);
+        return cluster_start(n, true, false, ret_skip_reason);
+}
+
+EtcdCluster *etcd_cluster_start_auth(unsigned n, char **ret_skip_reason) {
+        return cluster_start(n, false, true, ret_skip_reason);
+}
+
+const EtcdClusterAuth *etcd_cluster_auth(EtcdCluster *c) {
+        return c->auth ? &c->auth->paths : NULL;
 }
 
 const EtcdClusterTls *etcd_cluster_tls(EtcdCluster *c) {
@@ -605,6 +674,7 @@ void etcd_cluster_stop(EtcdCluster *c) {
         g_free(c->members);
         g_strfreev(c->endpoints);
         tls_files_free(c->tls);
+        auth_files_free(c->auth);
         g_mutex_clear(&c->lock);
         g_cond_clear(&c->changed);
         g_free(c->dir);
@@ -638,6 +708,12 @@ EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n) {
 EtcdCluster *etcd_test_init_tls(int *argc, char ***argv, unsigned n) {
         g_test_init(argc, argv, NULL);
         shared_cluster = etcd_cluster_start_tls(n, &shared_skip_reason);
+        return shared_cluster;
+}
+
+EtcdCluster *etcd_test_init_auth(int *argc, char ***argv, unsigned n) {
+        g_test_init(argc, argv, NULL);
+        shared_cluster = etcd_cluster_start_auth(n, &shared_skip_reason);
         return shared_cluster;
 }
 

@@ -19,7 +19,13 @@
  * certificate, which etcd's gateway presents to the gRPC server) and a
  * client certificate are made with openssl(1) in DIR/tls, as is a second
  * CA that signed nothing here (to see verification fail). The peer URLs
- * stay http://. */
+ * stay http://.
+ *
+ * A cluster with authentication (etcd_cluster_start_auth()) is a plain one
+ * on which, once it serves clients, user "root" (role root) is added with
+ * a password made at start and authentication is enabled, through the
+ * JSON gateway (as etcdctl's user add, user grant-role and auth enable);
+ * the password is also in DIR/root.password, with a trailing newline. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -48,6 +54,17 @@ typedef struct EtcdClusterTls {
 } EtcdClusterTls;
 const EtcdClusterTls *etcd_cluster_tls(EtcdCluster *c);
 
+/* As etcd_cluster_start(), with authentication as above. */
+EtcdCluster *etcd_cluster_start_auth(unsigned n, char **ret_skip_reason);
+
+/* The credentials of a cluster with authentication, or NULL. */
+typedef struct EtcdClusterAuth {
+        const char *user;               /* "root" */
+        const char *password;
+        const char *password_file;      /* absolute; the password and "\n" */
+} EtcdClusterAuth;
+const EtcdClusterAuth *etcd_cluster_auth(EtcdCluster *c);
+
 /* A NULL-terminated list of the members' client URLs (borrowed). */
 char **etcd_cluster_endpoints(EtcdCluster *c);
 const char *etcd_cluster_endpoint(EtcdCluster *c, unsigned i);
@@ -75,6 +92,8 @@ char *test_dead_endpoint(void);
 EtcdCluster *etcd_test_init(int *argc, char ***argv, unsigned n);
 /* The same with a TLS cluster (etcd_cluster_start_tls()). */
 EtcdCluster *etcd_test_init_tls(int *argc, char ***argv, unsigned n);
+/* The same with authentication (etcd_cluster_start_auth()). */
+EtcdCluster *etcd_test_init_auth(int *argc, char ***argv, unsigned n);
 int etcd_test_run(void);
 /* True (after g_test_skip() with the reason) when there is no cluster. */
 bool etcd_test_skip(void);

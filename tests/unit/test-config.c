@@ -139,6 +139,8 @@ static void assert_defaults(const Settings *s) {
         g_assert_null(s->etcd_ca_file);
         g_assert_null(s->etcd_cert_file);
         g_assert_null(s->etcd_key_file);
+        g_assert_null(s->etcd_user);
+        g_assert_null(s->etcd_password_file);
 }
 
 static void assert_endpoints(char **endpoints, const char *joined) {
@@ -166,6 +168,8 @@ static void test_key_names(void) {
                 [SETTING_ETCD_CA_FILE] = { "etcd-cafile", "EtcdCAFile" },
                 [SETTING_ETCD_CERT_FILE] = { "etcd-certfile", "EtcdCertFile" },
                 [SETTING_ETCD_KEY_FILE] = { "etcd-keyfile", "EtcdKeyFile" },
+                [SETTING_ETCD_USER] = { "etcd-user", "EtcdUser" },
+                [SETTING_ETCD_PASSWORD_FILE] = { "etcd-password-file", "EtcdPasswordFile" },
         };
 
         for (Setting id = 0; id < _SETTING_MAX; id++) {
@@ -192,12 +196,14 @@ static void test_key_names(void) {
 static void test_every_key(Fixture *f, gconstpointer data) {
         g_autofree char *contents = NULL, *ca = g_build_filename(f->dir, "ca.pem", NULL),
                 *cert = g_build_filename(f->dir, "client.pem", NULL),
-                *key = g_build_filename(f->dir, "client-key.pem", NULL);
+                *key = g_build_filename(f->dir, "client-key.pem", NULL),
+                *password = g_build_filename(f->dir, "password", NULL);
 
         /* settings_check() wants them readable, not valid. */
         write_file(ca, "");
         write_file(cert, "");
         write_file(key, "");
+        write_file(password, "");
         contents = g_strdup_printf("# lockbusd settings\n"
                                    "[Daemon]\n"
                                    "LockDirectory=/srv/locks\n"
@@ -211,8 +217,10 @@ static void test_every_key(Fixture *f, gconstpointer data) {
                                    "EtcdLeaseTTLSec=0.75\n"
                                    "EtcdCAFile=%s\n"
                                    "EtcdCertFile = %s\n"
-                                   "EtcdKeyFile=%s\n",
-                                   ca, cert, key);
+                                   "EtcdKeyFile=%s\n"
+                                   "EtcdUser=lockbus\n"
+                                   "EtcdPasswordFile=%s\n",
+                                   ca, cert, key, password);
         write_file(f->conf, contents);
         load_ok(&f->settings, f->conf, true);
 
@@ -228,6 +236,8 @@ static void test_every_key(Fixture *f, gconstpointer data) {
         g_assert_cmpstr(f->settings.etcd_ca_file, ==, ca);
         g_assert_cmpstr(f->settings.etcd_cert_file, ==, cert);
         g_assert_cmpstr(f->settings.etcd_key_file, ==, key);
+        g_assert_cmpstr(f->settings.etcd_user, ==, "lockbus");
+        g_assert_cmpstr(f->settings.etcd_password_file, ==, password);
         g_assert_cmpint(settings_check(&f->settings), ==, 0);
 }
 
@@ -303,7 +313,9 @@ static void test_empty_values(Fixture *f, gconstpointer data) {
                    "EtcdLeaseTTLSec=1\n"
                    "EtcdCAFile=/etc/ssl/etcd/ca.pem\n"
                    "EtcdCertFile=/etc/ssl/etcd/client.pem\n"
-                   "EtcdKeyFile=/etc/ssl/etcd/client-key.pem\n");
+                   "EtcdKeyFile=/etc/ssl/etcd/client-key.pem\n"
+                   "EtcdUser=lockbus\n"
+                   "EtcdPasswordFile=/etc/lockbus/etcd-password\n");
         for (Setting id = 0; id < _SETTING_MAX; id++)
                 g_string_append_printf(s, "%s=\n", setting_key(id));
         reset = write_drop_in(f, "reset.conf", s->str);
@@ -392,6 +404,8 @@ static void test_bad_values(Fixture *f, gconstpointer data) {
                 { SETTING_ETCD_CA_FILE, "ca.pem", "an absolute file name" },
                 { SETTING_ETCD_CERT_FILE, "/etc/ssl/etcd/", "an absolute file name" },
                 { SETTING_ETCD_KEY_FILE, "~/key.pem", "an absolute file name" },
+                { SETTING_ETCD_USER, "a\tb", "a user name without control characters" },
+                { SETTING_ETCD_PASSWORD_FILE, "password", "an absolute file name" },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -543,6 +557,95 @@ static void test_check_tls(Fixture *f, gconstpointer data) {
         g_assert_cmpstr(log, ==, "--etcd-cafile= (EtcdCAFile=) is for --backend=etcd (Backend=etcd).\n");
 }
 
+static char *read_password_log(const Settings *s, int expected_r, char **ret_password) {
+        Capture c = capture_start();
+        int r = settings_read_etcd_password(s, ret_password);
+        char *log = capture_end(c);
+
+        g_assert_cmpint(r, ==, expected_r);
+        return log;
+}
+
+/* The user and its password file: together, for the etcd backend, the
+ * file readable now; the password is its one line without the newline,
+ * and no message shows it. */
+static void test_check_auth(Fixture *f, gconstpointer data) {
+        g_autofree char *file = g_build_filename(f->dir, "password", NULL),
+                *missing = g_build_filename(f->dir, "missing", NULL), *log = NULL, *expected = NULL,
+                *password = NULL;
+
+        write_file(file, "s3cret\n");
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_BACKEND, "etcd"), ==, 0);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_ENDPOINTS, "http://a:1"), ==, 0);
+
+        /* Neither: no password either. */
+        g_assert_cmpint(settings_check(&f->settings), ==, 0);
+        log = read_password_log(&f->settings, 0, &password);
+        g_assert_cmpstr(log, ==, "");
+        g_assert_null(password);
+
+        /* One without the other. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_USER, "root"), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-user= (EtcdUser=) needs its password, "
+                        "--etcd-password-file= (EtcdPasswordFile=).\n");
+        g_clear_pointer(&f->settings.etcd_user, g_free);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_PASSWORD_FILE, file), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-password-file= (EtcdPasswordFile=) needs its user, "
+                        "--etcd-user= (EtcdUser=).\n");
+
+        /* Both: the password without its newline. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_USER, "root"), ==, 0);
+        g_assert_cmpint(settings_check(&f->settings), ==, 0);
+        g_free(log);
+        log = read_password_log(&f->settings, 0, &password);
+        g_assert_cmpstr(log, ==, "");
+        g_assert_cmpstr(password, ==, "s3cret");
+        g_clear_pointer(&password, g_free);
+
+        /* Without a newline it is the same. */
+        write_file(file, "s3cret");
+        g_free(log);
+        log = read_password_log(&f->settings, 0, &password);
+        g_assert_cmpstr(password, ==, "s3cret");
+        g_clear_pointer(&password, g_free);
+
+        /* Two lines, or none: refused, naming the file, not showing it. */
+        write_file(file, "s3cret\nmore\n");
+        g_free(log);
+        log = read_password_log(&f->settings, -EINVAL, &password);
+        expected = g_strdup_printf("--etcd-password-file= (EtcdPasswordFile=): %s must hold the password on "
+                                   "one line of at most 4095 bytes, and it does not.\n", file);
+        g_assert_cmpstr(log, ==, expected);
+        write_file(file, "");
+        g_free(log);
+        g_free(expected);
+        log = read_password_log(&f->settings, -EINVAL, &password);
+        expected = g_strdup_printf("--etcd-password-file= (EtcdPasswordFile=): %s must hold the password on "
+                                   "one line of at most 4095 bytes, and it is empty.\n", file);
+        g_assert_cmpstr(log, ==, expected);
+
+        /* A file that cannot be read. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_PASSWORD_FILE, missing), ==, 0);
+        g_free(log);
+        g_free(expected);
+        log = check_log(&f->settings, -ENOENT);
+        expected = g_strdup_printf("--etcd-password-file= (EtcdPasswordFile=): cannot read %s: %s\n", missing,
+                                   g_strerror(ENOENT));
+        g_assert_cmpstr(log, ==, expected);
+
+        /* Not the directory backend. */
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_ETCD_PASSWORD_FILE, file), ==, 0);
+        g_clear_pointer(&f->settings.etcd_endpoints, g_strfreev);
+        g_assert_cmpint(settings_set_option(&f->settings, SETTING_BACKEND, "directory"), ==, 0);
+        g_free(log);
+        log = check_log(&f->settings, -EINVAL);
+        g_assert_cmpstr(log, ==, "--etcd-user= (EtcdUser=) is for --backend=etcd (Backend=etcd).\n");
+}
+
 #define add(path, func) g_test_add((path), Fixture, NULL, fixture_setup, (func), fixture_teardown)
 
 int main(int argc, char *argv[]) {
@@ -563,6 +666,7 @@ int main(int argc, char *argv[]) {
         add("/config/bad-drop-in", test_bad_drop_in);
         add("/config/check", test_check);
         add("/config/check-tls", test_check_tls);
+        add("/config/check-auth", test_check_auth);
 
         return g_test_run();
 }
