@@ -1081,7 +1081,7 @@ static void on_lease_ready(ClusterLocks *c, int64_t lease_id, void *userdata) {
         log_info("Holding etcd lease %" PRIx64 " at %s.", (uint64_t) lease_id, b->where);
         if (b->adopted)
                 return;
-        r = cluster_locks_list(b->locks, on_adopt_list, b);
+        r = cluster_locks_list_at_start(b->locks, on_adopt_list, b);
         if (r < 0) {
                 log_error_errno(r, "Failed to read the holds of this machine from %s: %m", b->where);
                 b->start_done = true;

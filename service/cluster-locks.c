@@ -160,6 +160,7 @@ typedef struct Op {
         int64_t lease;
         unsigned step;
         unsigned lease_generation;      /* OP_MOVE */
+        bool drop_orphans;              /* OP_QUERY: cluster_locks_list_at_start() */
         ClusterEntry *entry;            /* OP_MOVE: the entry as it will be */
         union {
                 ClusterDoneCallback done;
@@ -2224,6 +2225,22 @@ static char *key_group(const ClusterLocks *c, const char *key) {
         return g_strndup(start, (size_t) (slash - start));
 }
 
+/* Waiting requests of an earlier instance of this machine: their callers
+ * were told the call failed when it died (the bus or the direct socket
+ * hung up), so nobody waits for them; deleted now, not after that
+ * instance's lease, since everything behind them waits too. */
+static void drop_orphans(ClusterLocks *c, ClusterEntry **waiting, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                const ClusterEntry *e = waiting[i];
+
+                if (!streq(e->machine_id, c->machine_id) || streq(e->instance, c->instance))
+                        continue;
+                log_info("Deleting the request of an earlier run of this daemon for '%s' (token %" PRIu64 ", "
+                         "%s): its caller was told it failed.", e->resource, e->token, strempty(e->sender));
+                cleanup_key(c, e->key, (int64_t) e->token, false);
+        }
+}
+
 static void on_query(EtcdCall *call, int error, const char *error_message, const EtcdRangeResult *result,
                      void *userdata) {
         Op *op = userdata;
@@ -2278,6 +2295,8 @@ static void on_query(EtcdCall *call, int error, const char *error_message, const
                         for (size_t i = 0; i < k; i++)
                                 g_ptr_array_add(granted, a->pdata[i]);
                         n_waiting += a->len - k;
+                        if (op->drop_orphans)
+                                drop_orphans(c, (ClusterEntry **) a->pdata + k, a->len - k);
                 }
         }
         g_ptr_array_sort(granted, entry_compare_resource);
@@ -2288,7 +2307,8 @@ static void on_query(EtcdCall *call, int error, const char *error_message, const
         cluster_unref(c);
 }
 
-static int query_start(ClusterLocks *c, const char *resource, ClusterQueryCallback callback, void *userdata) {
+static int query_start(ClusterLocks *c, const char *resource, bool at_start, ClusterQueryCallback callback,
+                       void *userdata) {
         EtcdRangeOptions options = {
                 .prefix = true,
         };
@@ -2306,6 +2326,7 @@ static int query_start(ClusterLocks *c, const char *resource, ClusterQueryCallba
                 key = g_strdup_printf("%s/locks/", c->prefix);
 
         op = op_new(c, OP_QUERY);
+        op->drop_orphans = at_start;
         op->callback.query = callback;
         op->userdata = userdata;
         r = etcd_range(c->etcd, key, strlen(key), &options, on_query, op, &op->call);
@@ -2320,9 +2341,13 @@ static int query_start(ClusterLocks *c, const char *resource, ClusterQueryCallba
 int cluster_locks_owner(ClusterLocks *c, const char *resource, ClusterQueryCallback callback, void *userdata) {
         if (!resource)
                 return -EINVAL;
-        return query_start(c, resource, callback, userdata);
+        return query_start(c, resource, false, callback, userdata);
 }
 
 int cluster_locks_list(ClusterLocks *c, ClusterQueryCallback callback, void *userdata) {
-        return query_start(c, NULL, callback, userdata);
+        return query_start(c, NULL, false, callback, userdata);
+}
+
+int cluster_locks_list_at_start(ClusterLocks *c, ClusterQueryCallback callback, void *userdata) {
+        return query_start(c, NULL, true, callback, userdata);
 }

@@ -367,6 +367,12 @@ typedef void (*ClusterQueryCallback)(ClusterLocks *c, int error, const char *err
 /* One resource (n 0: not locked) / every resource. */
 int cluster_locks_owner(ClusterLocks *c, const char *resource, ClusterQueryCallback callback, void *userdata);
 int cluster_locks_list(ClusterLocks *c, ClusterQueryCallback callback, void *userdata);
+/* The list a new instance takes its machine's holds back from: also
+ * deletes (in the background) the waiting requests of earlier instances
+ * of this machine, whose callers left with them, so that what waits behind
+ * them does not wait for their lease. One instance per machine and prefix
+ * is assumed (a second one's waiting requests would look orphaned). */
+int cluster_locks_list_at_start(ClusterLocks *c, ClusterQueryCallback callback, void *userdata);
 
 /* ---- exposed for tests -------------------------------------------------- */
 

@@ -193,6 +193,40 @@ static void test_daemon_restarted_holder_gone(ClusterFixture *f, gconstpointer d
 
 static const char *const long_lease[] = { "--etcd-lease-ttl=60", NULL };
 
+/* A call waiting on host A when A's lockbusd is killed fails (NoReply);
+ * its request's key stays on the dead daemon's lease, ahead of B's waiter.
+ * A's next daemon deletes it at start: B's waiter is served as soon as the
+ * holder lets go, not when that lease expires (60 s here). */
+static void test_daemon_restarted_waiter_gone(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL, *b2 = NULL;
+        g_autoptr(TestCall) orphan = NULL, waiter = NULL;
+        uint64_t t;
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+        b2 = test_bus_connect(f->b.bus);
+
+        t = test_acquire_ok(f->b.client, "queue", NULL);
+        orphan = test_acquire_async(a1, "queue", WAIT_FOREVER);
+        cluster_wait_keys(f, "queue", 2);
+        waiter = test_acquire_async(b2, "queue", WAIT_FOREVER);
+        cluster_wait_keys(f, "queue", 3);
+
+        test_bus_kill_daemon(f->a.bus);
+        test_call_wait(orphan);
+        r = test_call_result(orphan, &error);
+        g_assert_cmpint(r, <, 0);
+        g_assert_true(sd_bus_error_has_name(&error, SD_BUS_ERROR_NO_REPLY));
+
+        cluster_host_start_daemon(f, &f->a);
+        cluster_wait_keys(f, "queue", 2);
+        test_unlock_ok(f->b.client, "queue");
+        g_assert_cmpuint(test_call_wait_token(waiter), >, t);
+        test_unlock_ok(b2, "queue");
+}
+
 /* The hold files ("RESOURCE@TOKEN") of a resource in h's runtime
  * directory: in cluster mode, the records of its connection holds. */
 static unsigned count_records(ClusterHost *h, const char *resource) {
@@ -721,6 +755,8 @@ int main(int argc, char *argv[]) {
         cluster_test_add("/cluster/failure/daemon-restarted", test_daemon_restarted);
         cluster_test_add_with_args("/cluster/failure/daemon-restarted-holder-gone", long_lease,
                                    test_daemon_restarted_holder_gone);
+        cluster_test_add_with_args("/cluster/failure/daemon-restarted-waiter-gone", long_lease,
+                                   test_daemon_restarted_waiter_gone);
         cluster_test_add("/cluster/failure/daemon-back-after-lease", test_daemon_back_after_lease);
         cluster_test_add_with_args("/cluster/failure/daemon-restarted-clean", long_lease,
                                    test_daemon_restarted_clean);
