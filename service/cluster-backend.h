@@ -20,8 +20,10 @@
  * (moved onto the new lease; those whose holder left are deleted at once;
  * those whose key expired meanwhile are told LockLost, from the record
  * each connection hold leaves in the runtime directory), and the fd holds
- * whose pipe came back from systemd's fd store; a clean stop leaves those
- * holds on the lease for the next daemon, and deletes the rest. */
+ * whose pipe came back from systemd's fd store; the earlier daemon's
+ * waiting requests are deleted; a clean stop leaves the holds it can on
+ * the lease for the next daemon, and deletes the rest. One daemon per
+ * machine and prefix is assumed. */
 
 #include <stdbool.h>
 #include <stdint.h>
