@@ -1038,6 +1038,9 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                 if (!streq(e->machine_id, b->machine_id) || find_local_hold(b, e->resource, e->token) ||
                     streq(e->instance, cluster_locks_get_instance(b->locks)))
                         continue;
+                /* Volatile holds of another daemon of this machine are its own. */
+                if (e->scope != HOLD_SCOPE_PERSISTENT && !cluster_locks_is_earlier_run(b->locks, e))
+                        continue;
                 if (e->scope == HOLD_SCOPE_FD) {
                         adopt_fd_hold(b, e);
                         continue;
@@ -1105,6 +1108,8 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         ClusterHost host = {
                 .machine_id = config->machine_id,
                 .hostname = config->hostname,
+                /* Another lockbusd of this machine (--user) serves another bus. */
+                .daemon_id = m->bus_id,
         };
         static const ClusterLocksCallbacks callbacks = {
                 .ready = on_lease_ready,

@@ -22,8 +22,8 @@
  * each connection hold leaves in the runtime directory), and the fd holds
  * whose pipe came back from systemd's fd store; the earlier daemon's
  * waiting requests are deleted; a clean stop leaves the holds it can on
- * the lease for the next daemon, and deletes the rest. One daemon per
- * machine and prefix is assumed. */
+ * the lease for the next daemon, and deletes the rest. Another lockbusd of
+ * the machine (another bus) keeps its own volatile holds. */
 
 #include <stdbool.h>
 #include <stdint.h>

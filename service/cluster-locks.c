@@ -39,6 +39,7 @@ struct ClusterLocks {
         char *prefix;
         char *machine_id;
         char *hostname;
+        char *daemon_id;
         char instance[17];
         uint64_t seq;
         uint64_t lease_ttl_usec;
@@ -240,6 +241,7 @@ void cluster_entry_clear(ClusterEntry *e) {
         g_free(e->machine_id);
         g_free(e->hostname);
         g_free(e->instance);
+        g_free(e->daemon_id);
         g_free(e->owner);
         g_free(e->description);
         *e = (ClusterEntry) {};
@@ -255,6 +257,7 @@ static void cluster_entry_copy(ClusterEntry *dst, const ClusterEntry *src) {
         dst->machine_id = g_strdup(src->machine_id);
         dst->hostname = g_strdup(src->hostname);
         dst->instance = g_strdup(src->instance);
+        dst->daemon_id = g_strdup(src->daemon_id);
         dst->owner = g_strdup(src->owner);
         dst->description = g_strdup(src->description);
 }
@@ -300,6 +303,7 @@ static char *value_build(const ClusterEntry *e) {
         add_string(b, "machine_id", e->machine_id);
         add_string(b, "hostname", e->hostname);
         add_string(b, "instance", e->instance);
+        add_string(b, "daemon_id", e->daemon_id);
         add_string(b, "owner", e->owner);
         json_builder_set_member_name(b, "since");
         json_builder_add_int_value(b, (int64_t) e->since_usec);
@@ -363,6 +367,7 @@ static void entry_from_kv(ClusterEntry *e, const EtcdKeyValue *kv) {
                 e->machine_id = g_strdup("");
                 e->hostname = g_strdup("");
                 e->instance = g_strdup("");
+                e->daemon_id = g_strdup("");
                 e->owner = g_strdup("");
                 e->description = g_strdup("");
         } else {
@@ -381,6 +386,8 @@ static void entry_from_kv(ClusterEntry *e, const EtcdKeyValue *kv) {
                 e->machine_id = member_string(o, "machine_id", &ok);
                 e->hostname = member_string(o, "hostname", &ok);
                 e->instance = member_string(o, "instance", &ok);
+                /* Optional too: values written before it are any daemon's. */
+                e->daemon_id = member_string(o, "daemon_id", &(bool) { true });
                 e->owner = member_string(o, "owner", &ok);
                 e->since_usec = (uint64_t) member_int(o, "since", &ok);
                 e->ttl_usec = (uint64_t) member_int(o, "ttl", &ok);
@@ -704,6 +711,8 @@ int cluster_locks_adopt_onto_lease(ClusterLocks *c, const ClusterEntry *e, Clust
         moved->lease = c->lease;
         g_free(moved->instance);
         moved->instance = g_strdup(c->instance);
+        g_free(moved->daemon_id);
+        moved->daemon_id = g_strdup(c->daemon_id);
         g_free(moved->owner);
         moved->owner = owner_of_sender(c, moved->sender);
         value = value_build(moved);
@@ -1227,6 +1236,7 @@ int cluster_locks_new(sd_event *event, EtcdClient *etcd, const char *prefix, con
                 c->prefix[strlen(c->prefix) - 1] = '\0';
         c->machine_id = g_strdup(host->machine_id);
         c->hostname = g_strdup(host->hostname);
+        c->daemon_id = g_strdup(host->daemon_id ?: "");
         snprintf(c->instance, sizeof c->instance, "%016" PRIx64, nonce);
         c->lease_ttl_usec = lease_ttl_usec;
         c->locks_prefix = g_strdup_printf("%s/locks/", c->prefix);
@@ -1271,6 +1281,7 @@ static void cluster_destroy(ClusterLocks *c) {
         g_free(c->prefix);
         g_free(c->machine_id);
         g_free(c->hostname);
+        g_free(c->daemon_id);
         sd_event_unref(c->event);
         g_free(c);
 }
@@ -1709,6 +1720,7 @@ static ClusterHold *acquire_make_hold(ClusterAcquire *a, int64_t lease) {
                 .machine_id = g_strdup(c->machine_id),
                 .hostname = g_strdup(c->hostname),
                 .instance = g_strdup(c->instance),
+                .daemon_id = g_strdup(c->daemon_id),
                 .owner = g_strdup(a->owner),
                 .description = g_strdup(a->description),
                 .since_usec = a->since_usec,
@@ -2225,7 +2237,12 @@ static char *key_group(const ClusterLocks *c, const char *key) {
         return g_strndup(start, (size_t) (slash - start));
 }
 
-/* Waiting requests of an earlier instance of this machine: their callers
+bool cluster_locks_is_earlier_run(const ClusterLocks *c, const ClusterEntry *e) {
+        return streq(e->machine_id, c->machine_id) && !streq(e->instance, c->instance) &&
+                (e->daemon_id[0] == '\0' || streq(e->daemon_id, c->daemon_id));
+}
+
+/* Waiting requests of an earlier run of this daemon: their callers
  * were told the call failed when it died (the bus or the direct socket
  * hung up), so nobody waits for them; deleted now, not after that
  * instance's lease, since everything behind them waits too. */
@@ -2233,7 +2250,7 @@ static void drop_orphans(ClusterLocks *c, ClusterEntry **waiting, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 const ClusterEntry *e = waiting[i];
 
-                if (!streq(e->machine_id, c->machine_id) || streq(e->instance, c->instance))
+                if (!cluster_locks_is_earlier_run(c, e))
                         continue;
                 log_info("Deleting the request of an earlier run of this daemon for '%s' (token %" PRIu64 ", "
                          "%s): its caller was told it failed.", e->resource, e->token, strempty(e->sender));

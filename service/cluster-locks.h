@@ -176,6 +176,11 @@ typedef struct ClusterHold ClusterHold;
 typedef struct ClusterHost {
         const char *machine_id;         /* 32 lowercase hex digits (/etc/machine-id) */
         const char *hostname;
+        /* Which daemon of the machine this is, the same for each of its
+         * runs (lockbusd: the ID of the bus it serves; NULL: ""). The
+         * volatile entries of an earlier run are told apart by it from
+         * those of another daemon on the same machine. */
+        const char *daemon_id;
 } ClusterHost;
 
 /* One key of the lock space as read from etcd: a hold or a waiting
@@ -195,6 +200,7 @@ typedef struct ClusterEntry {
         char *machine_id;
         char *hostname;
         char *instance;
+        char *daemon_id;                /* ClusterHost.daemon_id of its instance, "" if older */
         char *owner;
         char *description;
         uint64_t since_usec;            /* CLOCK_REALTIME */
@@ -368,11 +374,17 @@ typedef void (*ClusterQueryCallback)(ClusterLocks *c, int error, const char *err
 int cluster_locks_owner(ClusterLocks *c, const char *resource, ClusterQueryCallback callback, void *userdata);
 int cluster_locks_list(ClusterLocks *c, ClusterQueryCallback callback, void *userdata);
 /* The list a new instance takes its machine's holds back from: also
- * deletes (in the background) the waiting requests of earlier instances
- * of this machine, whose callers left with them, so that what waits behind
- * them does not wait for their lease. One instance per machine and prefix
- * is assumed (a second one's waiting requests would look orphaned). */
+ * deletes (in the background) the waiting requests of earlier runs of this
+ * daemon (cluster_locks_is_earlier_run()), whose callers left with them,
+ * so that what waits behind them does not wait for their lease. */
 int cluster_locks_list_at_start(ClusterLocks *c, ClusterQueryCallback callback, void *userdata);
+
+/* Whether e comes from an earlier run of this daemon: another instance of
+ * this machine with the same daemon_id (or from before daemon IDs). The
+ * connection and fd holds and the waiting requests of such runs are this
+ * instance's to take back or delete; a persistent hold belongs to the
+ * machine (its daemon's ID may change, e.g. with a reboot). */
+bool cluster_locks_is_earlier_run(const ClusterLocks *c, const ClusterEntry *e);
 
 /* ---- exposed for tests -------------------------------------------------- */
 

@@ -441,6 +441,48 @@ static void test_call_while_stopping(ClusterFixture *f, gconstpointer data) {
                 etcd_cluster_resume_member(f->etcd, i);
 }
 
+/* Two daemons on one machine (a system and a --user lockbusd, sharing the
+ * prefix): B's daemon is started again as the same machine as A, on its
+ * own bus. It must not take A's connection and fd holds and waiting
+ * requests for its own earlier run's: they stay A's, and A serves them. */
+static void test_two_daemons_one_machine(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL, *a2 = NULL, *a3 = NULL;
+        g_autoptr(GPtrArray) holders = NULL;
+        g_autoptr(TestCall) waiter = NULL;
+        _cleanup_close_ int fd = -1;
+        uint64_t t_mine, t_fd, t_blk;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+        a2 = test_bus_connect(f->a.bus);
+        a3 = test_bus_connect(f->a.bus);
+
+        t_mine = test_acquire_ok(a1, "mine", NULL);
+        fd = test_acquire_fd_ok(a1, "fdm", NULL, &t_fd);
+        t_blk = test_acquire_ok(a3, "blk", NULL);
+        waiter = test_acquire_async(a2, "blk", WAIT_FOREVER);
+        cluster_wait_keys(f, "blk", 2);
+
+        test_bus_kill_daemon(f->b.bus);
+        f->b.machine_id = f->a.machine_id;
+        cluster_host_start_daemon(f, &f->b);
+
+        /* Still A's, all of them. */
+        holders = test_owner_ok(f->a.client, "mine", NULL);
+        g_assert_cmpuint(holders->len, ==, 1);
+        assert_holder(holders->pdata[0], geteuid(), getpid(), f->comm, test_unique_name(a1), t_mine, "connection");
+        g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 3);
+        g_assert_true(pipe_has_reader(fd));
+        cluster_wait_keys(f, "blk", 2);
+        assert_call_pending(waiter);
+
+        test_unlock_ok(a3, "blk");
+        g_assert_cmpuint(test_call_wait_token(waiter), >, t_blk);
+        test_unlock_ok(a2, "blk");
+        test_unlock_ok(a1, "mine");
+        g_assert_cmpuint(t_fd, >, 0);
+}
+
 /* lockbusd of host A stopped cleanly with no connection hold: it revokes
  * its lease, so B's waiter on A's fd hold is granted at once (the lease
  * TTL is 60 s here). */
@@ -764,6 +806,8 @@ int main(int argc, char *argv[]) {
                                    test_daemon_stopped_revokes);
         cluster_test_add_with_args("/cluster/failure/fd-hold-restarted", long_lease, test_fd_hold_restarted);
         cluster_test_add("/cluster/failure/call-while-stopping", test_call_while_stopping);
+        cluster_test_add_with_args("/cluster/failure/two-daemons-one-machine", long_lease,
+                                   test_two_daemons_one_machine);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);
         cluster_test_add_with_args("/cluster/failure/unlock-twice-etcd-paused", long_lease,
                                    test_unlock_twice_etcd_paused);
