@@ -479,6 +479,19 @@ void test_bus_kill_daemon(TestBus *b) {
         test_name_watch_wait_gone(w);
 }
 
+void test_bus_stop_daemon(TestBus *b) {
+        g_autofree char *st = NULL;
+        int status;
+
+        g_assert_cmpint(b->daemon_pid, >, 0);
+        g_assert_cmpint(kill(b->daemon_pid, SIGTERM), ==, 0);
+        status = test_waitpid(b->daemon_pid, 0);
+        b->daemon_pid = 0;
+        st = test_format_wait_status(status);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                g_error("lockbusd %s on SIGTERM", st);
+}
+
 /* Stops lockbusd with SIGTERM (SIGKILL if it does not go). Best effort:
  * this runs in teardown, failures here are reported, not fatal. */
 static void stop_lockbusd(TestBus *b) {

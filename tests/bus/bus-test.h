@@ -131,6 +131,9 @@ pid_t test_bus_activate_daemon(TestBus *b);
 /* SIGKILLs the running lockbusd (activated or direct) and returns once the
  * bus has dropped its name. Asserts that one is running. */
 void test_bus_kill_daemon(TestBus *b);
+/* SIGTERMs the lockbusd started directly (systemctl stop) and reaps it;
+ * fails the test unless it exits with status 0. */
+void test_bus_stop_daemon(TestBus *b);
 
 /* Waits until the bus reports that `name` (a unique name) has no owner:
  * NameOwnerChanged(name, old, ""). `bus` must have been subscribed with

@@ -4,10 +4,8 @@
  * tokens that never go back, and a lock directory with garbage in it. */
 
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bus-test.h"
@@ -120,11 +118,9 @@ static void test_stop_with_waiter(TestFixture *f, gconstpointer data) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *waiting = NULL;
         g_autoptr(TestCall) call = NULL;
-        int status, r;
-        pid_t pid;
+        int r;
 
         test_bus_start_daemon(f->bus);
-        pid = f->bus->daemon_pid;
         waiting = test_bus_connect(f->bus);
         /* A connection hold: another connection of the same uid waits. */
         (void) test_acquire_ok(f->client, "held", NULL);
@@ -133,11 +129,7 @@ static void test_stop_with_waiter(TestFixture *f, gconstpointer data) {
         /* Asked on the same connection: answered after the Acquire was queued. */
         g_assert_cmpuint(test_get_property_u(waiting, "WaiterCount"), ==, 1);
 
-        g_assert_cmpint(kill(pid, SIGTERM), ==, 0);
-        status = test_waitpid(pid, 0);
-        f->bus->daemon_pid = 0;
-        g_assert_true(WIFEXITED(status));
-        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+        test_bus_stop_daemon(f->bus);
 
         test_call_wait(call);
         r = test_call_result(call, &error);

@@ -287,19 +287,6 @@ static void test_daemon_back_after_lease(ClusterFixture *f, gconstpointer data) 
         test_unlock_ok(f->b.client, "late");
 }
 
-/* SIGTERMs host A's lockbusd (started directly) and waits for its exit
- * status, which must be 0. */
-static void stop_daemon(ClusterHost *h) {
-        int status;
-
-        g_assert_cmpint(h->bus->daemon_pid, >, 0);
-        g_assert_cmpint(kill(h->bus->daemon_pid, SIGTERM), ==, 0);
-        status = test_waitpid(h->bus->daemon_pid, 0);
-        h->bus->daemon_pid = 0;
-        g_assert_true(WIFEXITED(status));
-        g_assert_cmpint(WEXITSTATUS(status), ==, 0);
-}
-
 /* lockbusd of host A restarted cleanly (SIGTERM, then started again, as
  * systemctl restart does): the connection hold of a holder still connected
  * stays, with its token, and B's waiter on it keeps waiting; the holder is
@@ -329,7 +316,7 @@ static void test_daemon_restarted_clean(ClusterFixture *f, gconstpointer data) {
         cluster_wait_keys(f, "kept", 2);
         cluster_wait_keys(f, "fd", 2);
 
-        stop_daemon(&f->a);
+        test_bus_stop_daemon(f->a.bus);
         g_assert_true(test_wait_readable(fd, test_now_monotonic() + TEST_TIMEOUT_USEC));
         g_assert_cmpuint(test_call_wait_token(fd_waiter), >, t_fd);
 
@@ -387,7 +374,7 @@ static void test_fd_hold_restarted(ClusterFixture *f, gconstpointer data) {
         for (unsigned i = 0; i < 2; i++) {
                 /* A clean restart, then a kill and a start. */
                 if (i == 0)
-                        stop_daemon(&f->a);
+                        test_bus_stop_daemon(f->a.bus);
                 else
                         test_bus_kill_daemon(f->a.bus);
                 g_assert_true(pipe_has_reader(fd));
@@ -497,7 +484,7 @@ static void test_daemon_stopped_revokes(ClusterFixture *f, gconstpointer data) {
         waiter = test_acquire_async(f->b.client, "fd", WAIT_FOREVER);
         cluster_wait_keys(f, "fd", 2);
 
-        stop_daemon(&f->a);
+        test_bus_stop_daemon(f->a.bus);
         g_assert_cmpuint(test_call_wait_token(waiter), >, t);
         test_unlock_ok(f->b.client, "fd");
 }
