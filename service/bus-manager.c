@@ -268,7 +268,11 @@ static void on_acquire_done(AcquireRequest *req, int result, const Hold *hold, u
                 break;
 
         case -EIO:
-                set_error_storage(&error, "store", req->resource, req->storage_where, req->storage_error);
+                if (req->storage_message)
+                        sd_bus_error_setf(&error, LOCKBUS_ERROR_STORAGE, "Failed to store the lock on '%s' in %s: %s",
+                                          req->resource, req->storage_where, req->storage_message);
+                else
+                        set_error_storage(&error, "store", req->resource, req->storage_where, req->storage_error);
                 break;
 
         default:

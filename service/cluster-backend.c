@@ -42,6 +42,7 @@ struct ClusterBackend {
         GPtrArray *moves;               /* MoveCall * (owned) under way */
         sd_event_source *lost_defer;
         bool stopping;                  /* cluster_backend_stop() runs: calls meanwhile are refused */
+        char *grant_error;              /* why etcd gave no lease, until it gives one */
         bool stopped;
 };
 
@@ -275,6 +276,7 @@ static void answer_etcd_failure(ClusterBackend *b, AcquireRequest *req, int erro
                         message ?: strerror(-error));
         req->storage_error = error;
         req->storage_where = b->where;
+        req->storage_message = g_strdup(message);
         manager_answer_request(req, -EIO, NULL, -1);
 }
 
@@ -301,8 +303,11 @@ static void on_acquired(ClusterAcquire *a, int error, const char *error_message,
                 r = manager_take_hold(b->manager, h, &write_fd, "Granted");
                 if (r < 0) {
                         /* Nothing is held: etcd lets go of it too. */
+                        g_autofree char *why = g_strdup_printf("the grant could not be set up here: %s",
+                                                               strerror(-r));
+
                         (void) cluster_locks_release(b->locks, cluster_hold, NULL, NULL);
-                        return answer_etcd_failure(b, req, r, "the grant could not be set up here");
+                        return answer_etcd_failure(b, req, r, why);
                 }
                 record_hold(b, h);
                 req->granted_token = h->token;
@@ -362,7 +367,8 @@ void cluster_backend_submit(ClusterBackend *b, AcquireRequest *req) {
         r = cluster_locks_acquire(b->locks, &request, on_acquired, p, &p->acquire);
         if (r < 0) {
                 pending_free(p);
-                return answer_etcd_failure(b, req, r, r == -ENOTCONN ? "no lease: etcd has not answered yet" : NULL);
+                return answer_etcd_failure(b, req, r, r != -ENOTCONN ? NULL :
+                                           b->grant_error ?: "no lease: etcd has not answered yet");
         }
         pending_add(b, p);
 }
@@ -1077,11 +1083,28 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
         adopt_check_done(b);
 }
 
+/* Kept for the calls that fail for want of a lease. When etcd turned this
+ * daemon away (a wrong user or password), waiting for it at start is
+ * pointless: the daemon serves at once, and locking fails with etcd's
+ * reason until it is let in. */
+static void on_grant_failed(ClusterLocks *c, int error, const char *error_message, void *userdata) {
+        ClusterBackend *b = userdata;
+
+        g_free(b->grant_error);
+        b->grant_error = g_strdup_printf("no lease: %s", error_message ?: strerror(-error));
+        if (b->start_done || error != -EACCES)
+                return;
+        log_error("%s refuses this daemon (%s); serving, locking fails until that is fixed.", b->where,
+                  strempty(error_message));
+        b->start_done = true;
+}
+
 static void on_lease_ready(ClusterLocks *c, int64_t lease_id, void *userdata) {
         ClusterBackend *b = userdata;
         int r;
 
         log_info("Holding etcd lease %" PRIx64 " at %s.", (uint64_t) lease_id, b->where);
+        g_clear_pointer(&b->grant_error, g_free);
         if (b->adopted)
                 return;
         r = cluster_locks_list_at_start(b->locks, on_adopt_list, b);
@@ -1113,6 +1136,7 @@ int cluster_backend_new(Manager *m, const ClusterBackendConfig *config, ClusterB
         };
         static const ClusterLocksCallbacks callbacks = {
                 .ready = on_lease_ready,
+                .grant_failed = on_grant_failed,
                 .lease_lost = on_lease_lost,
                 .hold_removed = on_hold_removed,
         };
@@ -1260,6 +1284,7 @@ ClusterBackend *cluster_backend_free(ClusterBackend *b) {
         g_clear_pointer(&b->lost_at_start, g_ptr_array_unref);
         g_clear_pointer(&b->records, g_hash_table_destroy);
         g_clear_pointer(&b->stored_fds, g_hash_table_destroy);
+        g_free(b->grant_error);
         g_free(b->where);
         g_free(b->machine_id);
         g_free(b);

@@ -1179,6 +1179,8 @@ static void on_lease_granted(EtcdCall *call, int error, const char *error_messag
         if (error < 0) {
                 log_notice("Failed to grant an etcd lease: %s", error_message);
                 lease_grant_retry(c);
+                if (c->callbacks.grant_failed)
+                        c->callbacks.grant_failed(c, error, error_message, c->userdata);
                 return;
         }
 

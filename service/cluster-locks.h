@@ -214,6 +214,9 @@ void cluster_entry_clear(ClusterEntry *e);
 typedef struct ClusterLocksCallbacks {
         /* A lease is in place (after start, and again after each loss). */
         void (*ready)(ClusterLocks *c, int64_t lease_id, void *userdata);
+        /* etcd refused or did not answer a lease grant; it is tried again
+         * (with backoff) whatever the callback does. May be NULL. */
+        void (*grant_failed)(ClusterLocks *c, int error, const char *error_message, void *userdata);
         /* The instance lease was lost: holds (n of them, possibly 0) were on
          * it and are gone; they are freed when this returns. */
         void (*lease_lost)(ClusterLocks *c, ClusterHold * const *holds, size_t n, void *userdata);

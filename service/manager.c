@@ -58,6 +58,7 @@ AcquireRequest *acquire_request_free(AcquireRequest *req) {
         sd_event_source_disable_unref(req->timeout_source);
         g_free(req->resource);
         g_free(req->description);
+        g_free(req->storage_message);
         peer_done(&req->caller);
         g_free(req);
         return NULL;

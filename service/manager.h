@@ -105,7 +105,8 @@ typedef struct AcquireRequest AcquireRequest;
  *   -ECONNRESET   the caller left the bus while waiting: nobody to answer;
  *   -ESHUTDOWN    the daemon is exiting and could not take its name back;
  *   -EIO          the grant could not be stored, nothing is held: the
- *                 cause is req->storage_error, the place req->storage_where
+ *                 cause is req->storage_error (and req->storage_message,
+ *                 if set), the place req->storage_where
  *                 (errno values of the disk never reach the other cases). */
 typedef void (*AcquireDone)(AcquireRequest *req, int error, const Hold *hold, uint64_t token, int fd);
 
@@ -127,6 +128,7 @@ struct AcquireRequest {
         uint64_t granted_token;
         int storage_error;              /* with -EIO: what failed (negative errno) */
         const char *storage_where;      /* with -EIO: the directory (borrowed from the store) */
+        char *storage_message;          /* with -EIO: the reason, if more than the errno's text (owned) */
         Waiter waiter;
         sd_event_source *timeout_source;
 };
