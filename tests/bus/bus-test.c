@@ -1052,6 +1052,7 @@ static char *client_read_answer(TestClient *c, const char *id) {
         }
 }
 
+_printf_(2, 0)
 static char *client_commandv(TestClient *c, const char *format, va_list ap) {
         g_autofree char *command = g_strdup_vprintf(format, ap), *line = NULL;
         size_t len, done = 0;
@@ -1128,8 +1129,6 @@ char *test_format_result(int r, const sd_bus_error *error) {
 }
 
 static int run_op(sd_bus *bus, const char *method, const char *arg, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-
         if (g_str_equal(method, "Lock"))
                 return test_lock(bus, arg, NULL, error);
         if (g_str_equal(method, "Acquire"))
