@@ -12,6 +12,11 @@
  *    order);
  *  - progress: every client gets in, and every call is answered (a grant,
  *    or nothing else: waits are unbounded).
+ * A second run kills host A's lockbusd twice meanwhile (the bus activates
+ * the next one on the next call): a call that failed with it is followed
+ * by Owner, and a client that holds the resource after all (granted just
+ * before the kill, kept by the next daemon) enters with that hold. The
+ * checks stand across the kills.
  * Entering publishes the occupancy and then reads the others' (sequentially
  * consistent atomics), so of two conflicting critical sections the later
  * one sees the earlier. */
@@ -71,8 +76,61 @@ static void leave(Shared *s, unsigned r, bool exclusive) {
         atomic_fetch_sub(exclusive ? &s->exclusive_inside[r] : &s->shared_inside[r], 1);
 }
 
+/* The call failed because the daemon went away (killed, the next one not
+ * up yet)? Those are tried again. */
+static bool daemon_gone(const sd_bus_error *error) {
+        return sd_bus_error_has_names(error, SD_BUS_ERROR_NO_REPLY, SD_BUS_ERROR_SERVICE_UNKNOWN,
+                                      SD_BUS_ERROR_NAME_HAS_NO_OWNER);
+}
+
+/* After an Acquire failed with the daemon: whether this connection holds
+ * the resource after all, and its token. Asks until a daemon answers. */
+static int find_own_hold(sd_bus *conn, const char *resource, uint64_t *ret_token) {
+        for (;;) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                g_autoptr(GPtrArray) holders = NULL;
+
+                if (test_owner(conn, resource, NULL, &holders, &error) >= 0) {
+                        for (guint i = 0; i < holders->len; i++) {
+                                const TestHolder *h = holders->pdata[i];
+
+                                if (g_str_equal(h->sender, test_unique_name(conn))) {
+                                        *ret_token = h->token;
+                                        return 1;
+                                }
+                        }
+                        return 0;
+                }
+                if (sd_bus_error_has_name(&error, LOCKBUS_ERROR_NOT_LOCKED))
+                        return 0;
+                if (!daemon_gone(&error)) {
+                        g_printerr("Owner of '%s' failed: %s: %s\n", resource, strempty(error.name),
+                                   strempty(error.message));
+                        return -EIO;
+                }
+        }
+}
+
+/* Unlock, again while the daemon is away; NotLocked is fine then (the
+ * hold went with its daemon's lease). */
+static int unlock_surely(sd_bus *conn, const char *resource, bool daemon_may_die) {
+        for (;;) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+
+                if (test_unlock(conn, resource, &error) >= 0)
+                        return 0;
+                if (daemon_may_die && daemon_gone(&error))
+                        continue;
+                if (daemon_may_die && sd_bus_error_has_name(&error, LOCKBUS_ERROR_NOT_LOCKED))
+                        return 0;
+                g_printerr("Unlock of '%s' failed: %s: %s\n", resource, strempty(error.name),
+                           strempty(error.message));
+                return -EIO;
+        }
+}
+
 /* One client process: returns its exit status. */
-static int client_run(TestBus *bus, Shared *s, unsigned slot, uint64_t deadline) {
+static int client_run(TestBus *bus, Shared *s, unsigned slot, uint64_t deadline, bool daemon_may_die) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *conn = test_bus_connect(bus);
         GRand *rand = g_rand_new_with_seed(slot);
 
@@ -86,43 +144,60 @@ static int client_run(TestBus *bus, Shared *s, unsigned slot, uint64_t deadline)
                                  &(TestAcquireOptions) { .mode = exclusive ? "exclusive" : "shared",
                                                          .has_timeout = true, .timeout = UINT64_MAX },
                                  &token, &error) < 0) {
-                        g_printerr("client %u: Acquire of '%s' failed: %s: %s\n", slot, resources[r],
-                                   strempty(error.name), strempty(error.message));
-                        return 1;
+                        int k;
+
+                        if (!daemon_may_die || !daemon_gone(&error)) {
+                                g_printerr("client %u: Acquire of '%s' failed: %s: %s\n", slot, resources[r],
+                                           strempty(error.name), strempty(error.message));
+                                return 1;
+                        }
+                        k = find_own_hold(conn, resources[r], &token);
+                        if (k < 0)
+                                return 1;
+                        if (k == 0)
+                                continue;
                 }
                 enter(s, r, exclusive, token);
                 atomic_fetch_add(&s->grants[slot], 1);
                 g_usleep((gulong) g_rand_int_range(rand, 0, 2000));
                 leave(s, r, exclusive);
-                if (test_unlock(conn, resources[r], &error) < 0) {
-                        g_printerr("client %u: Unlock of '%s' failed: %s: %s\n", slot, resources[r],
-                                   strempty(error.name), strempty(error.message));
+                if (unlock_surely(conn, resources[r], daemon_may_die) < 0)
                         return 1;
-                }
         }
         g_rand_free(rand);
         return 0;
 }
 
-static void test_stress(ClusterFixture *f, gconstpointer data) {
+static void run_stress(ClusterFixture *f, unsigned n_kills) {
         Shared *s;
         pid_t pids[2 * N_CLIENTS_PER_HOST];
-        uint64_t deadline;
+        uint64_t start, deadline;
         unsigned total = 0;
 
-        CLUSTER_SKIP_WITHOUT_ETCD();
 
         s = mmap(NULL, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         g_assert_true(s != MAP_FAILED);
         memset(s, 0, sizeof(*s));
 
-        deadline = test_now_monotonic() + RUN_USEC;
+        start = test_now_monotonic();
+        deadline = start + RUN_USEC;
         for (unsigned i = 0; i < G_N_ELEMENTS(pids); i++) {
                 ClusterHost *host = i % 2 == 0 ? &f->a : &f->b;
 
                 pids[i] = test_fork(&(TestChild) { .die_with_parent = true });
                 if (pids[i] == 0)
-                        _exit(client_run(host->bus, s, i, deadline));
+                        _exit(client_run(host->bus, s, i, deadline, n_kills > 0));
+        }
+
+        /* The kills, evenly spread over the run (the workload's schedule,
+         * not a wait for anything). */
+        for (unsigned k = 1; k <= n_kills; k++) {
+                uint64_t at = start + RUN_USEC * k / (n_kills + 1), now = test_now_monotonic();
+
+                if (at > now)
+                        g_usleep((gulong) (at - now));
+                test_bus_kill_daemon(f->a.bus);
+                g_test_message("killed host A's lockbusd (%u of %u)", k, n_kills);
         }
 
         for (unsigned i = 0; i < G_N_ELEMENTS(pids); i++) {
@@ -148,10 +223,25 @@ static void test_stress(ClusterFixture *f, gconstpointer data) {
         g_assert_cmpint(munmap(s, sizeof(*s)), ==, 0);
 }
 
+static void test_stress(ClusterFixture *f, gconstpointer data) {
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        run_stress(f, 0);
+}
+
+static void test_stress_with_kills(ClusterFixture *f, gconstpointer data) {
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        run_stress(f, 2);
+}
+
+/* Longer than any restart takes: the holds of the killed daemon must be
+ * moved, never expire. */
+static const char *const long_lease[] = { "--etcd-lease-ttl=60", NULL };
+
 int main(int argc, char *argv[]) {
         cluster_test_init(&argc, &argv);
 
         cluster_test_add("/cluster/stress/exclusion-and-tokens", test_stress);
+        cluster_test_add_with_args("/cluster/stress/with-daemon-kills", long_lease, test_stress_with_kills);
 
         return cluster_test_run();
 }
