@@ -523,9 +523,11 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
                  * hears who holds it now. */
                 if (h)
                         drop_hold(b, h, "Released (gone from etcd)");
-        } else if (h)
+        } else if (h) {
                 /* Still held: it may be unlocked again. */
                 h->cluster_hold = call->cluster_hold;
+                record_hold(b, h);
+        }
 
         callback(b->manager, error, error_message, call->userdata);
         run_after_unlock(b, call->order_key, error);
@@ -581,6 +583,10 @@ void cluster_backend_unlock(ClusterBackend *b, Hold *h, const char *caller, Clus
         if (!g_hash_table_contains(b->unlocking, call->order_key))
                 g_hash_table_insert(b->unlocking, g_strdup(call->order_key), g_queue_new());
         g_hash_table_replace(b->unlock_of_hold, hold_key(h->resource, h->token), g_strdup(call->order_key));
+        /* Before etcd deletes the key: dying in between must not leave a
+         * record of a hold that is gone (the next daemon would tell its
+         * holder it was lost). A key left instead is taken back as usual. */
+        unrecord_hold(b, h);
 }
 
 static void on_refreshed(ClusterLocks *c, int error, const char *error_message, uint64_t expires_usec,

@@ -227,6 +227,16 @@ static void test_daemon_restarted_waiter_gone(ClusterFixture *f, gconstpointer d
         test_unlock_ok(b2, "queue");
 }
 
+/* Unlock or Refresh, without waiting for the answer. */
+static TestCall *call_async(sd_bus *bus, const char *method, const char *resource) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+        g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
+                                                       LOCKBUS_MANAGER_IFACE, method), >=, 0);
+        g_assert_cmpint(sd_bus_message_append(m, "s", resource), >=, 0);
+        return test_call_async(bus, m, 0);
+}
+
 /* The hold files ("RESOURCE@TOKEN") of a resource in h's runtime
  * directory: in cluster mode, the records of its connection holds. */
 static unsigned count_records(ClusterHost *h, const char *resource) {
@@ -470,6 +480,47 @@ static void test_two_daemons_one_machine(ClusterFixture *f, gconstpointer data) 
         g_assert_cmpuint(t_fd, >, 0);
 }
 
+/* lockbusd of host A killed while its Unlock waits for etcd (every member
+ * paused): whether etcd applies the delete or not, the holder is never
+ * told it lost the hold (its record is removed before the delete is
+ * sent), and the resource ends up free, or still the holder's until it
+ * unlocks again. */
+static void test_killed_during_unlock(ClusterFixture *f, gconstpointer data) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *a1 = NULL;
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(TestCall) unlock = NULL;
+        LostSignals signals = { .lines = lines, .wanted = 1 };
+        int r;
+
+        CLUSTER_SKIP_WITHOUT_ETCD();
+        a1 = test_bus_connect(f->a.bus);
+        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
+                                            "LockLost", on_lock_lost, &signals), >=, 0);
+
+        (void) test_acquire_ok(a1, "u", NULL);
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_pause_member(f->etcd, i);
+        unlock = call_async(a1, "Unlock", "u");
+        /* Answered after the Unlock was read: the record is gone by then. */
+        g_assert_cmpuint(test_get_property_u(a1, "LockCount"), ==, 1);
+        test_bus_kill_daemon(f->a.bus);
+        for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
+                etcd_cluster_resume_member(f->etcd, i);
+        g_assert_cmpuint(count_records(&f->a, "u"), ==, 0);
+
+        cluster_host_start_daemon(f, &f->a);
+        test_bus_sync(a1);
+        g_assert_cmpuint(lines->len, ==, 0);
+
+        r = test_unlock(a1, "u", &error);
+        g_test_message("Unlock again: %s", r >= 0 ? "released" : error.name);
+        if (r < 0)
+                assert_call_error(r, &error, LOCKBUS_ERROR_NOT_LOCKED, NULL);
+        test_assert_not_locked(f->b.client, "u");
+}
+
 /* lockbusd of host A stopped cleanly with no connection hold: it revokes
  * its lease, so B's waiter on A's fd hold is granted at once (the lease
  * TTL is 60 s here). */
@@ -546,16 +597,6 @@ static void test_grant_not_set_up(ClusterFixture *f, gconstpointer data) {
         fd = test_acquire_fd_ok(f->a.client, "nofd", NULL, &token);
         g_assert_cmpuint(token, >, t);
         g_assert_cmpuint(test_get_property_u(f->a.client, "LockCount"), ==, 1);
-}
-
-/* Unlock or Refresh, without waiting for the answer. */
-static TestCall *call_async(sd_bus *bus, const char *method, const char *resource) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-
-        g_assert_cmpint(sd_bus_message_new_method_call(bus, &m, LOCKBUS_BUS_NAME, LOCKBUS_OBJECT_PATH,
-                                                       LOCKBUS_MANAGER_IFACE, method), >=, 0);
-        g_assert_cmpint(sd_bus_message_append(m, "s", resource), >=, 0);
-        return test_call_async(bus, m, 0);
 }
 
 static uint64_t reply_cookie(TestCall *c) {
@@ -793,6 +834,7 @@ int main(int argc, char *argv[]) {
                                    test_daemon_stopped_revokes);
         cluster_test_add_with_args("/cluster/failure/fd-hold-restarted", long_lease, test_fd_hold_restarted);
         cluster_test_add("/cluster/failure/call-while-stopping", test_call_while_stopping);
+        cluster_test_add_with_args("/cluster/failure/killed-during-unlock", long_lease, test_killed_during_unlock);
         cluster_test_add_with_args("/cluster/failure/two-daemons-one-machine", long_lease,
                                    test_two_daemons_one_machine);
         cluster_test_add_with_args("/cluster/failure/grant-not-set-up", long_lease, test_grant_not_set_up);

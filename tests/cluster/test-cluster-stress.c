@@ -111,8 +111,9 @@ static int find_own_hold(sd_bus *conn, const char *resource, uint64_t *ret_token
         }
 }
 
-/* Unlock, again while the daemon is away; NotLocked is fine then (the
- * hold went with its daemon's lease). */
+/* Unlock, again while the daemon is away. When the daemon died after it
+ * deleted the hold but before it answered, the Unlock sent again finds
+ * the resource free (NotLocked) or someone else's by now (NotOwner). */
 static int unlock_surely(sd_bus *conn, const char *resource, bool daemon_may_die) {
         for (;;) {
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -121,7 +122,8 @@ static int unlock_surely(sd_bus *conn, const char *resource, bool daemon_may_die
                         return 0;
                 if (daemon_may_die && daemon_gone(&error))
                         continue;
-                if (daemon_may_die && sd_bus_error_has_name(&error, LOCKBUS_ERROR_NOT_LOCKED))
+                if (daemon_may_die && sd_bus_error_has_names(&error, LOCKBUS_ERROR_NOT_LOCKED,
+                                                             LOCKBUS_ERROR_NOT_OWNER))
                         return 0;
                 g_printerr("Unlock of '%s' failed: %s: %s\n", resource, strempty(error.name),
                            strempty(error.message));
