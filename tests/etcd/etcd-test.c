@@ -87,27 +87,50 @@ static void rm_rf(const char *path) {
         (void) nftw(path, remove_entry, 16, FTW_PHYS | FTW_DEPTH);
 }
 
-/* Ports the kernel hands out for port 0, all bound at once (so they
- * differ), then closed for etcd to take. */
+/* The low end of the kernel's ephemeral port range, which outgoing
+ * connections (every client of the tests) take their ports from. */
+static unsigned ephemeral_port_low(void) {
+        g_autofree char *contents = NULL;
+        unsigned low = 32768;
+
+        if (g_file_get_contents("/proc/sys/net/ipv4/ip_local_port_range", &contents, NULL, NULL))
+                (void) sscanf(contents, "%u", &low);
+        return low;
+}
+
+static bool port_is_free(unsigned port) {
+        struct sockaddr_in sa = {
+                .sin_family = AF_INET,
+                .sin_port = htons((uint16_t) port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool free_port;
+
+        g_assert_cmpint(fd, >=, 0);
+        free_port = bind(fd, (struct sockaddr *) &sa, sizeof sa) >= 0;
+        close(fd);
+        return free_port;
+}
+
+/* n different free ports for etcd to take, at random below the ephemeral
+ * range: a port the kernel handed out for port 0 and that was closed again
+ * can be taken by any outgoing connection before etcd binds it (and with
+ * several test programs starting clusters at once, that happened). */
 static void pick_ports(unsigned n, unsigned *ret) {
-        int fds[64];
+        unsigned low = ephemeral_port_low(), base = 10000;
 
-        g_assert_cmpuint(n, <=, G_N_ELEMENTS(fds));
+        g_assert_cmpuint(low, >, base + 1000);
         for (unsigned i = 0; i < n; i++) {
-                struct sockaddr_in sa = {
-                        .sin_family = AF_INET,
-                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                };
-                socklen_t len = sizeof sa;
+                bool taken;
 
-                fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                g_assert_cmpint(fds[i], >=, 0);
-                g_assert_cmpint(bind(fds[i], (struct sockaddr *) &sa, sizeof sa), ==, 0);
-                g_assert_cmpint(getsockname(fds[i], (struct sockaddr *) &sa, &len), ==, 0);
-                ret[i] = ntohs(sa.sin_port);
+                do {
+                        ret[i] = (unsigned) g_random_int_range((gint32) base, (gint32) low);
+                        taken = !port_is_free(ret[i]);
+                        for (unsigned j = 0; j < i && !taken; j++)
+                                taken = ret[j] == ret[i];
+                } while (taken);
         }
-        for (unsigned i = 0; i < n; i++)
-                close(fds[i]);
 }
 
 char *test_dead_endpoint(void) {
