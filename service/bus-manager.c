@@ -492,17 +492,24 @@ static int cluster_find_callers_hold(Manager *m, sd_bus_message *message, const 
         return 0;
 }
 
-static void on_cluster_unlocked(Manager *m, int error, const char *error_message, void *userdata) {
-        ClusterCall *c = userdata;
-
+/* Answers an Unlock or Refresh of the caller's hold that failed (failed_to:
+ * "remove", "refresh"). */
+static void cluster_call_fail_hold(Manager *m, ClusterCall *c, const char *failed_to, int error,
+                                   const char *error_message) {
         /* It was not the caller's any more: say whose it is. */
         if (error == -ENOENT)
                 return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
         /* The caller's own earlier Unlock took it away. */
         if (error == -ENOLCK)
                 return cluster_call_fail_not_locked(c);
+        cluster_call_fail_etcd(m, c, failed_to, error, error_message);
+}
+
+static void on_cluster_unlocked(Manager *m, int error, const char *error_message, void *userdata) {
+        ClusterCall *c = userdata;
+
         if (error < 0)
-                return cluster_call_fail_etcd(m, c, "remove", error, error_message);
+                return cluster_call_fail_hold(m, c, "remove", error, error_message);
         cluster_call_reply(c, NULL);
 }
 
@@ -519,13 +526,8 @@ static void on_cluster_refreshed(Manager *m, int error, const char *error_messag
                                  void *userdata) {
         ClusterCall *c = userdata;
 
-        if (error == -ENOENT)
-                return cluster_backend_query(m->cluster, c->resource, on_cluster_not_owned, c);
-        /* The caller's own earlier Unlock took it away. */
-        if (error == -ENOLCK)
-                return cluster_call_fail_not_locked(c);
         if (error < 0)
-                return cluster_call_fail_etcd(m, c, "refresh", error, error_message);
+                return cluster_call_fail_hold(m, c, "refresh", error, error_message);
         cluster_call_reply(c, "t", expires_usec);
 }
 

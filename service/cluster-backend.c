@@ -183,7 +183,7 @@ static void unrecord_hold(ClusterBackend *b, Hold *h) {
 }
 
 /* Every hold of this daemon leaves the table here (or through
- * cluster_backend_forget()). */
+ * cluster_backend_forget(), or once its Unlock is done). */
 static void drop_hold(ClusterBackend *b, Hold *h, const char *reason) {
         unrecord_hold(b, h);
         manager_drop_hold(b->manager, h, reason);
@@ -300,7 +300,7 @@ static void on_acquired(ClusterAcquire *a, int error, const char *error_message,
                 h->cluster_hold = cluster_hold;
                 cluster_hold_set_userdata(cluster_hold, h);
 
-                r = manager_take_hold(b->manager, h, &write_fd, "Granted");
+                r = manager_take_hold(b->manager, h, -1, &write_fd, "Granted");
                 if (r < 0) {
                         /* Nothing is held: etcd lets go of it too. */
                         g_autofree char *why = g_strdup_printf("the grant could not be set up here: %s",
@@ -514,15 +514,16 @@ static void on_unlocked(ClusterLocks *c, int error, const char *error_message, v
         g_autofree char *hk = hold_key(call->resource, call->token);
 
         g_hash_table_remove(b->unlock_of_hold, hk);
+        /* Its record went when the Unlock was sent. */
         if (error >= 0) {
                 if (h)
-                        drop_hold(b, h, "Released (unlocked)");
+                        manager_drop_hold(b->manager, h, "Released (unlocked)");
         } else if (error == -ENOENT) {
                 /* Its key was gone already: broken by another host, or
                  * removed by hand. Not the caller's any more; the caller
                  * hears who holds it now. */
                 if (h)
-                        drop_hold(b, h, "Released (gone from etcd)");
+                        manager_drop_hold(b->manager, h, "Released (gone from etcd)");
         } else if (h) {
                 /* Still held: it may be unlocked again. */
                 h->cluster_hold = call->cluster_hold;
@@ -916,8 +917,7 @@ static void on_moved(ClusterLocks *c, int error, const char *error_message, Clus
         cluster_hold_set_userdata(ch, h);
         /* An fd hold's fd stays in the fd store, as it came. */
         h->in_fd_store = fd >= 0;
-        r = fd >= 0 ? manager_take_hold_with_fd(b->manager, h, fd, "Restored")
-                    : manager_take_hold(b->manager, h, NULL, "Restored");
+        r = manager_take_hold(b->manager, h, fd, NULL, "Restored");
         if (r < 0) {
                 log_warning_errno(r, "Failed to take back the hold on '%s', releasing it: %m", old->resource);
                 (void) cluster_locks_release(c, ch, NULL, NULL);
@@ -1073,7 +1073,7 @@ static void on_adopt_list(ClusterLocks *c, int error, const char *error_message,
                 h = hold_from_entry(b, e);
                 h->cluster_hold = ch;
                 cluster_hold_set_userdata(ch, h);
-                r = manager_take_hold(b->manager, h, NULL, "Restored");
+                r = manager_take_hold(b->manager, h, -1, NULL, "Restored");
                 if (r < 0) {
                         log_warning_errno(r, "Failed to take back the hold on '%s', ignoring: %m", e->resource);
                         continue;

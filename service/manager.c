@@ -312,12 +312,17 @@ static Hold *hold_new_for_request(Manager *m, const AcquireRequest *req) {
 }
 
 /* What ends a new hold: the pipe of an fd hold (the caller's end in
- * *ret_write_fd, else -1) and its TTL timer. */
-static int hold_setup_ends(Manager *m, Hold *h, int *ret_write_fd) {
+ * *ret_write_fd, else -1; or, read_fd >= 0, a read end that came back from
+ * systemd's fd store, taken) and its TTL timer. */
+static int hold_setup_ends(Manager *m, Hold *h, int read_fd, int *ret_write_fd) {
         _cleanup_close_ int write_fd = -1;
         int r;
 
-        if (h->scope == HOLD_SCOPE_FD) {
+        if (h->scope == HOLD_SCOPE_FD && read_fd >= 0) {
+                r = hold_watch_fd(m, h, read_fd);
+                if (r < 0)
+                        return r;
+        } else if (h->scope == HOLD_SCOPE_FD) {
                 int fds[2];
 
                 if (pipe2(fds, O_CLOEXEC) < 0)
@@ -336,14 +341,18 @@ static int hold_setup_ends(Manager *m, Hold *h, int *ret_write_fd) {
         return 0;
 }
 
-int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what) {
+int manager_take_hold(Manager *m, Hold *hold, int read_fd, int *ret_write_fd, const char *what) {
         _cleanup_(hold_freep) Hold *h = hold;
         _cleanup_close_ int write_fd = -1;
         int r;
 
-        if (h->scope == HOLD_SCOPE_FD && !ret_write_fd)
+        if ((read_fd >= 0 && h->scope != HOLD_SCOPE_FD) ||
+            (read_fd < 0 && h->scope == HOLD_SCOPE_FD && !ret_write_fd)) {
+                if (read_fd >= 0)
+                        close(read_fd);
                 return -EINVAL;
-        r = hold_setup_ends(m, h, &write_fd);
+        }
+        r = hold_setup_ends(m, h, read_fd, &write_fd);
         if (r < 0)
                 return r;
 
@@ -351,27 +360,6 @@ int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *wha
         lock_table_add(m->table, TAKE_PTR(h));
         if (ret_write_fd)
                 *ret_write_fd = TAKE_FD(write_fd);
-        return 0;
-}
-
-int manager_take_hold_with_fd(Manager *m, Hold *hold, int read_fd, const char *what) {
-        _cleanup_(hold_freep) Hold *h = hold;
-        int r;
-
-        if (h->scope != HOLD_SCOPE_FD || read_fd < 0) {
-                if (read_fd >= 0)
-                        close(read_fd);
-                return -EINVAL;
-        }
-        r = hold_watch_fd(m, h, read_fd);
-        if (r < 0)
-                return r;
-        r = hold_arm_expiry(m, h);
-        if (r < 0)
-                return r;
-
-        log_hold(what, h);
-        lock_table_add(m->table, TAKE_PTR(h));
         return 0;
 }
 
@@ -472,7 +460,7 @@ static void manager_grant(Manager *m, AcquireRequest *req) {
                 return acquire_request_fail_storage(req, r, store_lock_directory(m->store));
         }
 
-        r = hold_setup_ends(m, h, &write_fd);
+        r = hold_setup_ends(m, h, -1, &write_fd);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the fd pipe or TTL timer of the hold on '%s': %m", h->resource);
                 return acquire_request_fail_storage(req, r, store_runtime_directory(m->store));

@@ -156,11 +156,10 @@ void manager_submit(Manager *m, AcquireRequest *req);
 void manager_answer_request(AcquireRequest *req, int error, const Hold *hold, int fd);
 
 /* Takes a hold granted elsewhere into the table: the pipe of an fd hold
- * (the caller's end in *ret_write_fd), its TTL timer; logs the grant. On
- * failure the hold is freed. manager_take_hold_with_fd() watches read_fd,
- * an fd hold's read end from systemd's fd store, instead (takes it). */
-int manager_take_hold(Manager *m, Hold *hold, int *ret_write_fd, const char *what);
-int manager_take_hold_with_fd(Manager *m, Hold *hold, int read_fd, const char *what);
+ * (the caller's end in *ret_write_fd), or with read_fd >= 0 the read end
+ * of one that came back from systemd's fd store (taken, also on failure);
+ * its TTL timer; logs the grant. On failure the hold is freed. */
+int manager_take_hold(Manager *m, Hold *hold, int read_fd, int *ret_write_fd, const char *what);
 
 /* Tells the holder its hold ends without it asking (see hold_lost). */
 void manager_notify_hold_lost(Manager *m, const Hold *h, const char *reason);

@@ -58,6 +58,15 @@ static int on_lock_lost(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return 0;
 }
 
+/* Starts recording the LockLost signals that reach bus into l. */
+static sd_bus_slot *lost_signals_watch(sd_bus *bus, LostSignals *l) {
+        sd_bus_slot *slot = NULL;
+
+        g_assert_cmpint(sd_bus_match_signal(bus, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE, "LockLost",
+                                            on_lock_lost, l), >=, 0);
+        return slot;
+}
+
 /* lockbusd of host A killed (kill -9): its connection hold goes after the
  * lease TTL (B's waiter gets it), its persistent hold stays, and A's next
  * daemon has it again as its own. */
@@ -266,8 +275,7 @@ static void test_daemon_back_after_lease(ClusterFixture *f, gconstpointer data) 
 
         CLUSTER_SKIP_WITHOUT_ETCD();
         a1 = test_bus_connect(f->a.bus);
-        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
-                                            "LockLost", on_lock_lost, &signals), >=, 0);
+        slot = lost_signals_watch(a1, &signals);
 
         t = test_acquire_ok(a1, "late", NULL);
         g_assert_cmpuint(count_records(&f->a, "late"), ==, 1);
@@ -316,8 +324,7 @@ static void test_daemon_restarted_clean(ClusterFixture *f, gconstpointer data) {
 
         CLUSTER_SKIP_WITHOUT_ETCD();
         a1 = test_bus_connect(f->a.bus);
-        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
-                                            "LockLost", on_lock_lost, &signals), >=, 0);
+        slot = lost_signals_watch(a1, &signals);
 
         t = test_acquire_ok(a1, "kept", NULL);
         fd = test_acquire_fd_ok(a1, "fd", NULL, &t_fd);
@@ -496,8 +503,7 @@ static void test_killed_during_unlock(ClusterFixture *f, gconstpointer data) {
 
         CLUSTER_SKIP_WITHOUT_ETCD();
         a1 = test_bus_connect(f->a.bus);
-        g_assert_cmpint(sd_bus_match_signal(a1, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
-                                            "LockLost", on_lock_lost, &signals), >=, 0);
+        slot = lost_signals_watch(a1, &signals);
 
         (void) test_acquire_ok(a1, "u", NULL);
         for (unsigned i = 0; i < etcd_cluster_size(f->etcd); i++)
@@ -755,8 +761,7 @@ static void test_all_members_killed(ClusterFixture *f, gconstpointer data) {
         CLUSTER_SKIP_WITHOUT_ETCD();
         b2 = test_bus_connect(f->b.bus);
 
-        g_assert_cmpint(sd_bus_match_signal(f->a.client, &slot, NULL, LOCKBUS_OBJECT_PATH, LOCKBUS_MANAGER_IFACE,
-                                            "LockLost", on_lock_lost, &signals), >=, 0);
+        slot = lost_signals_watch(f->a.client, &signals);
         t_c = test_acquire_ok(f->a.client, "c", NULL);
         fd = test_acquire_fd_ok(f->a.client, "fd", NULL, &t_fd);
         waiter = test_acquire_async(b2, "c", WAIT_FOREVER);
